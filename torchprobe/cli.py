@@ -1,0 +1,110 @@
+"""The ``torchprobe`` command: parse, call the library, render. No analysis happens here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+
+from torchprobe import __version__
+from torchprobe.api import receptive_field
+from torchprobe.errors import ForwardError, RFError, UsageError
+from torchprobe.report import RENDER_WIDTH, rf_table
+from torchprobe.spec import load_model, parse_input, parse_kwargs
+
+EXIT_OK, EXIT_MODEL_FAILED, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Look inside a PyTorch model: receptive fields, shapes, summaries.",
+)
+
+Spec = Annotated[str, typer.Argument(help="FILE.py:NAME or package.module:NAME (a module class or a factory).")]
+Inputs = Annotated[list[str], typer.Option("--input", "-i", help="Input size without the batch dim, e.g. 1,28,28; repeat for several inputs.")]
+Kwargs = Annotated[str | None, typer.Option("--kwargs", help="Constructor keyword arguments as a JSON object.")]
+Device = Annotated[str, typer.Option("--device", help="auto (meta, real tensors if needed), meta, cpu or cuda.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def rf(
+    spec: Spec,
+    inputs: Inputs,
+    kwargs: Kwargs = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on an op without a receptive-field rule.")] = False,
+    depth: Annotated[int | None, typer.Option("--depth", min=0, help="Hide rows nested deeper than this.")] = None,
+    input_index: Annotated[int, typer.Option("--rf-input", min=0, help="Which input the RF is measured on.")] = 0,
+    device: Device = "auto",
+    debug: Debug = False,
+) -> None:
+    """Receptive field, jump and start of every layer, per spatial axis."""
+
+    def run() -> None:
+        model = load_model(spec, parse_kwargs(kwargs))
+        sizes = [parse_input(text) for text in inputs]
+        result = receptive_field(model, sizes, device=_device(device), strict=strict, input_index=input_index)
+        if as_json:
+            print(json.dumps(result.to_dict()))
+        else:
+            _console().print(rf_table(result, depth=depth))
+
+    _guarded(run, debug)
+
+
+def _console() -> Console:
+    """Terminal width on a terminal; a fixed wide table when piped, so names are never cut."""
+    return Console() if sys.stdout.isatty() else Console(width=RENDER_WIDTH)
+
+
+def _device(name: str) -> str:
+    if name not in ("auto", "meta", "cpu") and not name.startswith("cuda"):
+        raise UsageError(f"bad --device {name!r}: expected auto, meta, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine")
+    return name
+
+
+def _guarded(run: Callable[[], Any], debug: bool) -> None:
+    """One ``error:`` line and an exit code instead of a traceback (unless ``--debug``)."""
+    try:
+        run()
+    except (UsageError, ForwardError, RFError) as error:
+        if debug:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        code = EXIT_USAGE if isinstance(error, UsageError) or getattr(error, "input_related", False) else EXIT_MODEL_FAILED
+        raise typer.Exit(code) from None
+
+
+def main() -> None:
+    """Console-script entry: typer's own usage errors become one ``error:`` line, exit 2."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as error:
+        if not (hasattr(error, "format_message") and hasattr(error, "exit_code")):
+            raise
+        print(f"error: {error.format_message()}", file=sys.stderr)  # a usage error found by typer
+        sys.exit(error.exit_code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Turning what the user gives (sizes without the batch dimension, or tensors) into model inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from torchprobe.errors import UsageError
+
+InputSize = Sequence[int]
+
+
+def batch_sizes(input_size: InputSize | Sequence[InputSize], batch: int = 1) -> list[torch.Size]:
+    """``(1, 28, 28)`` or ``[(3, 32, 32), (1, 32, 32)]`` -> sizes with a batch dimension."""
+    if not input_size:
+        raise UsageError("input size is empty: give C,H,W (no batch dimension)")
+    sizes = [input_size] if isinstance(input_size[0], int) else list(input_size)
+    out = []
+    for size in sizes:
+        if not all(isinstance(s, int) for s in size):
+            raise UsageError(f"input size {tuple(size)} must be integers")
+        if any(s <= 0 for s in size):
+            raise UsageError(f"input size {tuple(size)} has a non-positive dimension")
+        out.append(torch.Size((batch, *size)))
+    return out
+
+
+def model_inputs(input_size: Any = None, input_data: Any = None) -> list[Any]:
+    """Exactly one of ``input_size`` (per-sample sizes) or ``input_data`` (tensors, batch included)."""
+    if (input_size is None) == (input_data is None):
+        raise UsageError("give exactly one of input_size and input_data")
+    if input_data is not None:
+        return list(input_data) if isinstance(input_data, (list, tuple)) else [input_data]
+    return list(batch_sizes(input_size))

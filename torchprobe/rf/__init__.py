@@ -1,0 +1,1 @@
+"""Receptive field: per-op geometry (rules), span maps (axis, state), the probe and the check."""

@@ -1,0 +1,154 @@
+"""The independent check: measure a unit's receptive field with gradients instead of geometry.
+
+On a float64 copy of the model every conv/linear weight becomes a positive averaging constant
+and every bias zero, normalisations become the identity and max pooling becomes average pooling
+of the same geometry (functional calls too, through a function mode). Fed all-ones, every
+activation is positive, so the gradient of one output unit is non-zero exactly on the input
+pixels that can change it: its support, clipped to the image.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from torchprobe.errors import UsageError
+from torchprobe.inputs import batch_sizes
+from torchprobe.probe import ModuleCall
+from torchprobe.rf.probe import tensors_in
+from torchprobe.rf.rules import per_axis
+from torchprobe.trace import canonical_op_name, module_names
+
+NORMALISATIONS = {"batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "local_response_norm"}
+
+
+@dataclass(frozen=True)
+class MeasuredRF:
+    """Per input spatial axis, the first and last pixel the unit depends on (None: no pixel)."""
+
+    spans: tuple[tuple[int, int] | None, ...]
+    support: torch.Tensor  # bool, the input's spatial shape: exactly the pixels that matter
+
+    @property
+    def rf(self) -> tuple[int | None, ...]:
+        return tuple(None if s is None else s[1] - s[0] + 1 for s in self.spans)
+
+
+def measure_receptive_field(
+    model: nn.Module,
+    input_size: Sequence[int] | Sequence[Sequence[int]],
+    layer: str,
+    unit: int | Sequence[int],
+    *,
+    call: int = 0,
+    input_index: int = 0,
+) -> MeasuredRF:
+    """Gradient-measured support of output ``unit`` (spatial indices) of module ``layer``
+    (qualified name, "" for the whole model; ``call`` picks one call of a shared module)."""
+    sizes = batch_sizes(input_size)
+    n_axes = len(sizes[input_index]) - 2
+    unit = per_axis(unit, n_axes)
+    averaging = _averaging_copy(model)
+    target = dict(averaging.named_modules()).get(layer)
+    if target is None:
+        raise UsageError(f"no module named {layer!r} in {type(model).__name__}")
+    captured: list[Any] = []
+    seen: list[ModuleCall] = []
+
+    def capture(module: nn.Module, args: Any, output: Any) -> None:
+        if len(seen) == call:
+            captured.append(output)
+        seen.append(None)  # type: ignore[arg-type]
+
+    inputs = [torch.ones(s, dtype=torch.float64, requires_grad=True) for s in sizes]
+    handle = target.register_forward_hook(capture)
+    try:
+        with _AveragingMode():
+            averaging(*inputs)
+    finally:
+        handle.remove()
+    if not captured:
+        raise UsageError(f"module {layer!r} was called {len(seen)} time(s); there is no call {call}")
+    output = tensors_in(captured[0])[0]
+    picked = output[(0, slice(None), *unit)] if output.dim() >= 2 + n_axes else output[0]
+    picked.sum().backward()
+    grad = inputs[input_index].grad[0].abs().sum(0)
+    support = grad > 0
+    return MeasuredRF(tuple(_extent(support, a) for a in range(n_axes)), support)
+
+
+def _extent(support: torch.Tensor, axis: int) -> tuple[int, int] | None:
+    other = [d for d in range(support.dim()) if d != axis]
+    hits = support.any(dim=other) if other else support
+    positions = hits.nonzero().flatten().tolist()
+    return (positions[0], positions[-1]) if positions else None
+
+
+def _averaging_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy whose weights average with positive constants and whose biases are zero."""
+    clone = copy.deepcopy(model).to(dtype=torch.float64, device="cpu").eval()
+    with torch.no_grad():
+        for module in clone.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if name == "bias":
+                    param.zero_()
+                elif name == "weight" and param.dim() >= 2:
+                    param.fill_(1.0 / param[0].numel())
+                else:
+                    param.fill_(1.0)
+    return clone
+
+
+class _AveragingMode(TorchFunctionMode):
+    """Max pooling as average pooling of the same geometry, normalisations as the identity."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        kwargs = kwargs or {}
+        name, _ = canonical_op_name(func)
+        if name in NORMALISATIONS:
+            return args[0] if args else kwargs["input"]
+        if name.startswith("max_pool"):
+            pooled = _average_pool(*args, **kwargs)
+            return (pooled, torch.zeros_like(pooled, dtype=torch.long)) if "indices" in name or kwargs.get("return_indices") else pooled
+        if name.startswith("adaptive_max_pool"):
+            n = int(name.removesuffix("_with_indices")[-2])
+            pooled = getattr(F, f"adaptive_avg_pool{n}d")(args[0], args[1] if len(args) > 1 else kwargs["output_size"])
+            return (pooled, torch.zeros_like(pooled, dtype=torch.long)) if "indices" in name or kwargs.get("return_indices") else pooled
+        return func(*args, **kwargs)
+
+
+def _average_pool(
+    x: torch.Tensor,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> torch.Tensor:
+    """A depthwise averaging convolution with a max pool's geometry (dilation and ceil_mode too)."""
+    n = x.dim() - 2
+    kernel = per_axis(kernel_size, n)
+    stride = kernel if stride is None or stride in ([], ()) else per_axis(stride, n)
+    padding, dilation = per_axis(padding, n), per_axis(dilation, n)
+    pads: list[int] = []
+    for k, s, p, d, size in zip(kernel, stride, padding, dilation, x.shape[2:]):
+        span = d * (k - 1) + 1
+        rounding = math.ceil if ceil_mode else math.floor
+        out = rounding((size + 2 * p - span) / s) + 1
+        if ceil_mode and (out - 1) * s >= size + p:
+            out -= 1
+        pads = [p, (out - 1) * s + span - size - p] + pads  # F.pad wants the last axis first
+    padded = F.pad(x, pads)
+    channels = x.shape[1]
+    weight = torch.full((channels, 1, *kernel), 1.0 / math.prod(kernel), dtype=x.dtype)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[n - 1]
+    return conv(padded, weight, stride=stride, dilation=dilation, groups=channels)

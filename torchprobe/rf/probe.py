@@ -1,0 +1,162 @@
+"""The receptive-field probe: follows span maps from the input through every op of one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from torchprobe.errors import RFError, UsageError
+from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe
+from torchprobe.rf.rules import RULES, RuleContext, RuleResult
+from torchprobe.rf.state import RFState, TensorRF, UnknownRF
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One row: a module call, or a functional op that changed the RF inside a composite module."""
+
+    name: str
+    type: str
+    call: int
+    depth: int
+    kind: str  # "module" or "op"
+    output_shape: tuple[int, ...] | None
+    state: RFState | None
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    return [x for x in tree_flatten(value)[0] if isinstance(x, torch.Tensor)]
+
+
+@register_probe("rf")
+class RFProbe(Probe):
+    """Receptive field of every module call with respect to one input (``input_index``)."""
+
+    def __init__(self, input_index: int = 0, strict: bool = False) -> None:
+        self.input_index = input_index
+        self.strict = strict
+        self.states: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+        self.records: list[LayerRecord | None] = []  # None: a module call that has not returned
+        self._slots: dict[int, int] = {}
+        self.diagnostics: list[str] = []
+        self.input_shape: tuple[int, ...] = ()
+        self._ruled_depth: int | None = None  # inside a module that has its own rule
+        self._op_calls: dict[str, int] = {}
+
+    def start(self, inputs: Sequence[Any]) -> None:
+        self.states = WeakTensorKeyDictionary()
+        self.records, self.diagnostics, self._op_calls, self._ruled_depth, self._slots = [], [], {}, None, {}
+        if self.input_index >= len(inputs) or not isinstance(inputs[self.input_index], torch.Tensor):
+            raise UsageError(f"input {self.input_index} is not a tensor: nothing to compute a receptive field of")
+        x = inputs[self.input_index]
+        if x.dim() < 3:
+            raise UsageError(
+                f"input of shape {tuple(x.shape[1:])} has no spatial axes: give C,L / C,H,W / C,D,H,W"
+            )
+        self.input_shape = tuple(x.shape[1:])
+        self.states[x] = TensorRF.of_input(tuple(x.shape[2:]))
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def module_enter(self, call: ModuleCall) -> None:
+        if self._ruled_depth is not None:
+            return
+        self._slots[id(call)] = len(self.records)  # containers come before their children
+        self.records.append(None)
+        if RULES.for_module(call.module) is not None:
+            self._ruled_depth = call.depth
+
+    def module_exit(self, call: ModuleCall) -> None:
+        if self._ruled_depth == call.depth:
+            self._ruled_depth = None
+            rule = RULES.for_module(call.module)
+            context = RuleContext(call.type, call.args, call.kwargs, call.output, self._state_of, call.module)
+            self._assign(call.output, self._apply(rule, context, call.type, call.name))
+        if self._ruled_depth is not None:
+            return
+        outputs = tensors_in(call.output)
+        self.records[self._slots.pop(id(call))] = LayerRecord(
+            call.name, call.type, call.call, call.depth, "module",
+            tuple(outputs[0].shape) if outputs else None, self._primary_state(outputs),
+        )
+
+    def function(self, op: OpCall) -> None:
+        if self._ruled_depth is not None:
+            return
+        inputs = tensors_in((op.args, op.kwargs))
+        in_states = [self.states.get(t) for t in inputs]
+        if all(s is None for s in in_states):
+            return  # the output does not depend on the input we follow
+        where = op.owner.name if op.owner else ""
+        rule = RULES.for_op(op.name)
+        context = RuleContext(op.name, op.args, op.kwargs, op.output, self._state_of)
+        result = self._apply(rule, context, op.name, where)
+        self._assign(op.output, result)
+        self._maybe_record_op(op, in_states, result)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _state_of(self, tensor: torch.Tensor) -> RFState | None:
+        return self.states.get(tensor)
+
+    def _apply(self, rule: Any, context: RuleContext, op: str, where: str) -> RuleResult:
+        if rule is None:
+            return self._unknown(UnknownRF(op, where), hint=True)
+        try:
+            result = rule(context)
+        except Exception as error:  # a rule that cannot read these arguments must not end the analysis
+            return self._unknown(UnknownRF(op, where), detail=f"its rule failed: {error}")
+        if isinstance(result, UnknownRF) and not result.where:
+            result = UnknownRF(result.op, where)
+            return self._unknown(result, hint=True)
+        return result
+
+    def _unknown(self, unknown: UnknownRF, hint: bool = False, detail: str = "") -> UnknownRF:
+        message = unknown.reason + (f"; {detail}" if detail else "")
+        if hint:
+            message += f"; register one with @torchprobe.register_rf_rule({unknown.op!r})"
+        if self.strict:
+            raise RFError(message)
+        if message not in self.diagnostics:
+            self.diagnostics.append(message)
+        return unknown
+
+    def _assign(self, output: Any, result: RuleResult) -> None:
+        outputs = tensors_in(output)
+        results = list(result) if isinstance(result, (list, tuple)) else [result] * len(outputs)
+        for tensor, state in zip(outputs, results):
+            if state is None:
+                self.states.pop(tensor, None)
+            else:
+                self.states[tensor] = state
+
+    def _primary_state(self, outputs: list[torch.Tensor]) -> RFState | None:
+        return next((self.states[t] for t in outputs if t in self.states), None)
+
+    def _maybe_record_op(self, op: OpCall, in_states: list[RFState | None], result: RuleResult) -> None:
+        """A functional op gets its own row when a composite module calls it directly and it
+        changes the RF (or merges branches); a leaf module's own ops are summed up by its row."""
+        owner = op.owner
+        if owner is not None and owner.depth > 0 and not any(True for _ in owner.module.children()):
+            return
+        known = [s for s in in_states if s is not None]
+        state = result[0] if isinstance(result, (list, tuple)) else result
+        if len(known) < 2 and known and known[0] == state:
+            return
+        name = f"{owner.name}.{op.name}" if owner is not None and owner.name else op.name
+        call = self._op_calls.get(name, 0)
+        self._op_calls[name] = call + 1
+        outputs = tensors_in(op.output)
+        depth = owner.depth + 1 if owner is not None else 0
+        self.records.append(
+            LayerRecord(name, op.name, call, depth, "op", tuple(outputs[0].shape) if outputs else None, state)
+        )
+
+    def result(self) -> tuple[list[LayerRecord], list[str]]:
+        """Rows in call order (modules that never returned, after a failure, are left out)."""
+        return [r for r in self.records if r is not None], self.diagnostics

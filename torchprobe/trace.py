@@ -1,0 +1,258 @@
+"""One forward pass, observed: module pre/post hooks plus a TorchFunctionMode feed the probes.
+
+The model is never moved or modified. On the meta device its parameters and buffers are swapped
+for meta stand-ins with ``torch.func.functional_call``; on a real device buffers are swapped for
+clones, so BatchNorm statistics and user counters stay untouched. Every hook, the mode and each
+module's own ``training`` flag are restored in ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from torchprobe.errors import ForwardError, TorchProbeError, UsageError
+from torchprobe.probe import ModuleCall, OpCall, Probe
+
+META = "meta"
+
+
+@dataclass
+class TraceOutcome:
+    """How the pass ran: the output, the device used and, after a fallback, why."""
+
+    output: Any
+    device: str
+    fallback_reason: str | None = None
+
+
+def canonical_op_name(func: Any) -> tuple[str, bool]:
+    """``Tensor.__iadd__`` -> ("add", True); ``F.max_pool2d`` -> ("max_pool2d", False)."""
+    name = getattr(func, "__name__", None) or type(func).__name__
+    if name == "__get__":  # a property such as ``Tensor.T``: name it after the property
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    inplace = False
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name.startswith("i") and name[1:] in _REFLECTABLE:
+            name, inplace = name[1:], True
+        elif name.startswith("r") and name[1:] in _REFLECTABLE:
+            name = name[1:]
+    elif name.endswith("_") and not name.startswith("_"):
+        name, inplace = name[:-1], True
+    return _ALIASES.get(name, name), inplace
+
+
+_REFLECTABLE = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor"}
+_ALIASES = {"truediv": "div", "floordiv": "div", "and": "bitwise_and", "or": "bitwise_or", "xor": "bitwise_xor"}
+
+
+def module_names(model: nn.Module) -> dict[int, str]:
+    """Qualified name of every module (the first name of a module registered twice)."""
+    return {id(m): name for name, m in model.named_modules()}
+
+
+def has_tensor(value: Any) -> bool:
+    return any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(value)[0])
+
+
+class _Observer(TorchFunctionMode):
+    """Forwards every torch function call that returns tensors to the tracer."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if not self.tracer.quiet and has_tensor(output):
+            self.tracer.emit_op(func, args, kwargs, output)
+        return output
+
+
+class Tracer:
+    """Runs a model once and tells each probe what happened, in execution order."""
+
+    def __init__(self, model: nn.Module, probes: Sequence[Probe]) -> None:
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.probes = list(probes)
+        self.names = module_names(model)
+        self.stack: list[ModuleCall] = []
+        self.calls: dict[int, int] = {}
+        self.quiet = False  # True while torchprobe's own hook code runs
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def emit_op(self, func: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        name, inplace = canonical_op_name(func)
+        op = OpCall(name, func, tuple(args), dict(kwargs), output, self.stack[-1] if self.stack else None, inplace)
+        with self._quiet():
+            for probe in self.probes:
+                probe.function(op)
+
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        with self._quiet():
+            index = self.calls.get(id(module), 0)
+            self.calls[id(module)] = index + 1
+            call = ModuleCall(self.names.get(id(module), "?"), module, len(self.stack), index, args, kwargs)
+            self.stack.append(call)
+            for probe in self.probes:
+                probe.module_enter(call)
+
+    def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        with self._quiet():
+            call = self.stack.pop()
+            call.output = output
+            for probe in self.probes:
+                probe.module_exit(call)
+
+    @contextmanager
+    def _quiet(self) -> Iterator[None]:
+        previous, self.quiet = self.quiet, True
+        try:
+            yield
+        finally:
+            self.quiet = previous
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run(self, inputs: Sequence[Any], kwargs: Mapping[str, Any] | None = None, device: str = "auto") -> TraceOutcome:
+        """Run the forward once. ``device``: "meta", a real device, or "auto" (meta, then real)."""
+        kwargs = dict(kwargs or {})
+        if device != "auto":
+            return TraceOutcome(self._run_on(device, inputs, kwargs), device)
+        try:
+            return TraceOutcome(self._run_on(META, inputs, kwargs), META)
+        except ForwardError as error:
+            if not needs_real_values(error.__cause__):
+                raise
+            real = model_device(self.model)
+            return TraceOutcome(self._run_on(real, inputs, kwargs), real, fallback_reason=one_line(error.__cause__))
+
+    def _run_on(self, device: str, inputs: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+        inputs = [_to_device(x, device) for x in inputs]
+        kwargs = {k: _to_device(v, device) for k, v in kwargs.items()}
+        self.stack, self.calls = [], {}
+        for probe in self.probes:
+            probe.start(inputs)
+        with ExitStack() as cleanup:
+            cleanup.enter_context(preserved_training_flags(self.model))
+            self.model.eval()
+            for module in {id(m): m for m in self.model.modules()}.values():
+                cleanup.callback(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True).remove)
+                cleanup.callback(module.register_forward_hook(self._post_hook, with_kwargs=True).remove)
+            cleanup.enter_context(torch.no_grad())
+            cleanup.enter_context(_Observer(self))
+            state = stand_in_state(self.model, device)
+            try:
+                return torch.func.functional_call(self.model, state, tuple(inputs), kwargs, strict=False)
+            except Exception as error:  # the model's own failure: report it with its place
+                stack = list(self.stack)
+                with self._quiet():
+                    for probe in self.probes:
+                        probe.failed(error, stack)
+                if isinstance(error, TorchProbeError):  # a probe's own verdict (strict mode)
+                    raise
+                where = stack[-1].name if stack else None
+                input_related = is_too_small(error) or reads_input_directly(stack, inputs)
+                raise ForwardError(forward_failure_message(error, stack, input_related), where, input_related) from error
+
+
+def forward_failure_message(error: BaseException, stack: Sequence[ModuleCall], input_related: bool = False) -> str:
+    where = f"in {stack[-1].name or '<root>'} ({stack[-1].type})" if stack else "in the model"
+    if is_too_small(error):
+        return f"the input is too small for this model: the forward failed {where}: {one_line(error)}"
+    if input_related:
+        return f"the input does not fit the model: the forward failed {where}: {one_line(error)}"
+    return f"the forward failed {where}: {one_line(error)}"
+
+
+_TOO_SMALL = ("output size is too small", "kernel size can't be greater than actual input size", "non-positive output size")
+
+
+def is_too_small(error: BaseException) -> bool:
+    text = str(error).lower()
+    return any(marker in text for marker in _TOO_SMALL)
+
+
+def reads_input_directly(stack: Sequence[ModuleCall], inputs: Sequence[Any]) -> bool:
+    """The failing submodule was handed one of the model's inputs as it was given."""
+    if not stack or stack[-1].depth == 0:
+        return False
+    return any(arg is x for arg in tree_flatten((stack[-1].args, stack[-1].kwargs))[0] for x in inputs)
+
+
+def one_line(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def needs_real_values(error: BaseException | None) -> bool:
+    """Meta tensors have shapes but no values; these errors mean the model asked for values."""
+    if isinstance(error, NotImplementedError):
+        return True
+    text = str(error).lower()
+    return "meta" in text or "data-dependent" in text or "item()" in text
+
+
+def model_device(model: nn.Module) -> str:
+    for tensor in _tensors_of(model):
+        if tensor.device.type != META:
+            return str(tensor.device)
+    return "cpu"
+
+
+def _tensors_of(model: nn.Module) -> Iterator[torch.Tensor]:
+    yield from model.parameters()
+    yield from model.buffers()
+
+
+def stand_in_state(model: nn.Module, device: str) -> dict[str, torch.Tensor]:
+    """Tensors to run with: meta stand-ins on meta; on a real device the real parameters and
+    clones of the buffers (running statistics stay untouched even if the model updates them)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        state[name] = torch.empty_like(param, device=META) if device == META else param
+    for name, buffer in model.named_buffers():
+        state[name] = torch.empty_like(buffer, device=META) if device == META else buffer.detach().clone()
+    return state
+
+
+@contextmanager
+def preserved_training_flags(model: nn.Module) -> Iterator[None]:
+    """Restore every module's own ``training`` flag, not only the root's."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def _to_device(value: Any, device: str) -> Any:
+    """Move tensors to ``device``; a ``torch.Size`` becomes a tensor of that size (random values,
+    from a private generator so the caller's RNG state is untouched)."""
+    if isinstance(value, torch.Size):
+        if device == META:
+            return torch.empty(value, device=META)
+        generator = torch.Generator(device=device).manual_seed(0)
+        return torch.randn(value, generator=generator, device=device)
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
