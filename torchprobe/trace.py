@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from torchprobe.errors import ForwardError, TorchProbeError, UsageError
 from torchprobe.probe import ModuleCall, OpCall, Probe
@@ -59,8 +58,19 @@ def module_names(model: nn.Module) -> dict[int, str]:
     return {id(m): name for name, m in model.named_modules()}
 
 
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """Tensors inside nested tuples, lists and dicts, in order (pytree is too slow per op)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in tensors_in(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in tensors_in(item)]
+    return []
+
+
 def has_tensor(value: Any) -> bool:
-    return any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(value)[0])
+    return isinstance(value, torch.Tensor) or bool(tensors_in(value))
 
 
 class _Observer(TorchFunctionMode):
@@ -72,10 +82,27 @@ class _Observer(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         kwargs = kwargs or {}
-        output = func(*args, **kwargs)
+        output = meta_batch_norm(func, args, kwargs)
+        if output is None:
+            output = func(*args, **kwargs)
         if not self.tracer.quiet and has_tensor(output):
             self.tracer.emit_op(func, args, kwargs, output)
         return output
+
+
+def meta_batch_norm(func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Eval-mode ``F.batch_norm`` on meta, without ATen's Python decomposition, which costs more
+    than the rest of a ResNet's meta pass. Returns None (run the real op) unless the sizes fit."""
+    if func is not torch.nn.functional.batch_norm or kwargs.get("training", args[5] if len(args) > 5 else False):
+        return None
+    x = args[0] if args else kwargs.get("input")
+    if not isinstance(x, torch.Tensor) or x.device.type != META or x.dim() < 2:
+        return None
+    names = ("running_mean", "running_var", "weight", "bias")
+    stats = [kwargs.get(n, args[i + 1] if len(args) > i + 1 else None) for i, n in enumerate(names)]
+    if any(s is not None and (s.numel() != x.shape[1] or s.device.type != META) for s in stats):
+        return None
+    return torch.empty_like(x)
 
 
 class Tracer:
@@ -189,7 +216,7 @@ def reads_input_directly(stack: Sequence[ModuleCall], inputs: Sequence[Any]) -> 
     """The failing submodule was handed one of the model's inputs as it was given."""
     if not stack or stack[-1].depth == 0:
         return False
-    return any(arg is x for arg in tree_flatten((stack[-1].args, stack[-1].kwargs))[0] for x in inputs)
+    return any(arg is x for arg in tensors_in((stack[-1].args, stack[-1].kwargs)) for x in inputs)
 
 
 def one_line(error: BaseException | None) -> str:

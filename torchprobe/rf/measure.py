@@ -22,10 +22,8 @@ from torch.overrides import TorchFunctionMode
 
 from torchprobe.errors import UsageError
 from torchprobe.inputs import batch_sizes
-from torchprobe.probe import ModuleCall
-from torchprobe.rf.probe import tensors_in
 from torchprobe.rf.rules import per_axis
-from torchprobe.trace import canonical_op_name, module_names
+from torchprobe.trace import canonical_op_name, tensors_in
 
 NORMALISATIONS = {"batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "local_response_norm"}
 
@@ -61,12 +59,13 @@ def measure_receptive_field(
     if target is None:
         raise UsageError(f"no module named {layer!r} in {type(model).__name__}")
     captured: list[Any] = []
-    seen: list[ModuleCall] = []
+    calls = 0
 
     def capture(module: nn.Module, args: Any, output: Any) -> None:
-        if len(seen) == call:
+        nonlocal calls
+        if calls == call:
             captured.append(output)
-        seen.append(None)  # type: ignore[arg-type]
+        calls += 1
 
     inputs = [torch.ones(s, dtype=torch.float64, requires_grad=True) for s in sizes]
     handle = target.register_forward_hook(capture)
@@ -76,7 +75,7 @@ def measure_receptive_field(
     finally:
         handle.remove()
     if not captured:
-        raise UsageError(f"module {layer!r} was called {len(seen)} time(s); there is no call {call}")
+        raise UsageError(f"module {layer!r} was called {calls} time(s); there is no call {call}")
     output = tensors_in(captured[0])[0]
     picked = output[(0, slice(None), *unit)] if output.dim() >= 2 + n_axes else output[0]
     picked.sum().backward()

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from torchprobe.errors import RFError, UsageError
 from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe
 from torchprobe.rf.rules import RULES, RuleContext, RuleResult
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
+from torchprobe.trace import tensors_in
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,6 @@ class LayerRecord:
     kind: str  # "module" or "op"
     output_shape: tuple[int, ...] | None
     state: RFState | None
-
-
-def tensors_in(value: Any) -> list[torch.Tensor]:
-    return [x for x in tree_flatten(value)[0] if isinstance(x, torch.Tensor)]
 
 
 @register_probe("rf")

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
 
 from torchprobe.rf.axis import AxisMap
+from torchprobe.trace import tensors_in
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
 
 RULE_ENTRY_POINT_GROUP = "torchprobe.rf_rules"
@@ -47,8 +47,7 @@ class RuleContext:
     @property
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor among the arguments, in order (inside lists too)."""
-        leaves = tree_flatten((self.args, self.kwargs))[0]
-        return [x for x in leaves if isinstance(x, torch.Tensor)]
+        return tensors_in((self.args, self.kwargs))
 
     @property
     def input(self) -> torch.Tensor:
@@ -60,8 +59,7 @@ class RuleContext:
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        first = next(x for x in tree_flatten(self.output)[0] if isinstance(x, torch.Tensor))
-        return tuple(first.shape)
+        return tuple(tensors_in(self.output)[0].shape)
 
 
 Rule = Callable[[RuleContext], RuleResult]
