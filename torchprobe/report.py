@@ -13,7 +13,7 @@ from rich.text import Text
 
 from torchprobe.rf.result import LayerRF, RFResult
 
-RENDER_WIDTH = 120
+RENDER_WIDTH = 200
 
 
 def number(value: Fraction | int | None) -> str:

@@ -107,6 +107,8 @@ class RFProbe(Probe):
             result = rule(context)
         except Exception as error:  # a rule that cannot read these arguments must not end the analysis
             return self._unknown(UnknownRF(op, where), detail=f"its rule failed: {error}")
+        for note in context.notes:
+            self._diagnose(f"{note} (in {where or '<root>'})")
         if isinstance(result, UnknownRF) and not result.where:
             result = UnknownRF(result.op, where)
             return self._unknown(result, hint=True)
@@ -118,9 +120,12 @@ class RFProbe(Probe):
             message += f"; register one with @torchprobe.register_rf_rule({unknown.op!r})"
         if self.strict:
             raise RFError(message)
+        self._diagnose(message)
+        return unknown
+
+    def _diagnose(self, message: str) -> None:
         if message not in self.diagnostics:
             self.diagnostics.append(message)
-        return unknown
 
     def _assign(self, output: Any, result: RuleResult) -> None:
         outputs = tensors_in(output)

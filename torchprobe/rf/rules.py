@@ -38,6 +38,10 @@ class RuleContext:
     output: Any
     state_of: Callable[[torch.Tensor], RFState | None]
     module: nn.Module | None = None
+    notes: list[str] = field(default_factory=list)  # approximations the rule had to make
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         if name in self.kwargs:
@@ -554,6 +558,10 @@ def view(ctx: RuleContext) -> RuleResult:
     groups = view_groups(in_shape, ctx.out_shape)
     if groups is None:
         return UnknownRF(ctx.name, "")
+    if math.prod(ctx.out_shape[1:]) and len(ctx.out_shape) > len(in_shape) and any(
+        d is not None and d not in groups and in_shape[d] > 1 for d in state.dims
+    ):
+        ctx.note(f"{ctx.name} splits a spatial dim into several (windows, patches): the axis is treated as reduced, an over-estimate")
     return state.with_dims(groups.get, in_shape)
 
 
@@ -634,3 +642,87 @@ def getitem(ctx: RuleContext) -> RuleResult:
                 axes[a] = AxisMap.constant(*(span or (None, None)), axes[a].size)
         in_dim += 1
     return TensorRF(tuple(axes), tuple(None if d is None else new_dims.get(d) for d in dims), state.aligned)
+
+
+def _along(ctx: RuleContext, dim: int, geometry: Callable[[AxisMap, int, int], AxisMap]) -> RuleResult:
+    """Apply ``geometry(map, in_units, out_units)`` to the axis carried by tensor dim ``dim``."""
+    state = ctx.input_state
+    if not isinstance(state, TensorRF):
+        return state
+    x = ctx.input
+    neg = dim - x.dim() if dim >= 0 else dim
+    out_shape = ctx.out_shape
+    return state.map_axes(lambda a, m, d: (geometry(m, x.shape[d], out_shape[d]), d) if d == neg else (m, d))
+
+
+@register_rf_rule("chunk", "split", "split_with_sizes", "tensor_split", "unbind")
+def split(ctx: RuleContext) -> RuleResult:
+    """Pieces along a dim: along a spatial axis each piece is a crop of it (unbind: one unit)."""
+    state = ctx.input_state
+    if not isinstance(state, TensorRF):
+        return state
+    x = ctx.input
+    pieces = tensors_in(ctx.output)
+    dim = ctx.arg(1, "dim", 0) if ctx.name == "unbind" else ctx.arg(2, "dim", 0)
+    neg = dim - x.dim() if dim >= 0 else dim
+    if neg not in state.dims:
+        return [state] * len(pieces)
+    axis = state.dims.index(neg)
+    results: list[RFState | None] = []
+    offset = 0
+    for piece in pieces:
+        m = state.axes[axis]
+        if ctx.name == "unbind":
+            span = m.span(offset)
+            new, dim_out = AxisMap.constant(*(span or (None, None)), m.size), None
+            offset += 1
+        else:
+            new, dim_out = m.sliding(1, 1, -offset), neg
+            offset += piece.shape[neg]
+        axes, dims = list(state.axes), list(state.dims)
+        axes[axis], dims[axis] = new, dim_out
+        if dim_out is None:  # the dim is gone: dims to its left move one closer to the end
+            dims = [d if d is None or d > neg else d + 1 for d in dims]
+            dims[axis] = None
+        results.append(TensorRF(tuple(axes), tuple(dims), state.aligned))
+    return results
+
+
+@register_rf_rule("roll")
+def roll(ctx: RuleContext) -> RuleResult:
+    """Circular shift: unit ``o`` holds what unit ``o - shift`` held (mod the size)."""
+    shifts, dims = ctx.arg(1, "shifts"), ctx.arg(2, "dims")
+    if dims is None:
+        return UnknownRF("roll without dims (flattened)", "")
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    state = ctx.input_state
+    for shift, dim in zip(shifts, dims):
+        step = RuleContext(ctx.name, ctx.args, ctx.kwargs, ctx.output, lambda t, s=state: s)
+        state = _along(step, dim, lambda m, n, _out, k=shift: _table(m, [[(o - k) % n] for o in range(n)], n))
+    return state
+
+
+@register_rf_rule("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp")
+def cumulative(ctx: RuleContext) -> RuleResult:
+    """Unit ``o`` along ``dim`` depends on units ``0 .. o``."""
+    return _along(ctx, ctx.arg(1, "dim"), lambda m, n, _out: _table(m, [range(o + 1) for o in range(n)], n))
+
+
+def _attention(ctx: RuleContext, query: torch.Tensor, keys: Sequence[torch.Tensor], seq_dim: int) -> RuleResult:
+    """Each output token sees its query token and every key/value token."""
+    states = [ctx.state_of(query)] + [reduce_dims(ctx.state_of(k), tuple(k.shape), [seq_dim], keepdim=True) for k in keys]
+    like_query = [query] + [query for _ in keys]  # keys reduced to a constant: broadcast as the query
+    return merge(like_query, states, ctx.out_shape)
+
+
+@register_rf_rule("multi_head_attention_forward")
+def multi_head_attention(ctx: RuleContext) -> RuleResult:
+    query, key, value = ctx.args[:3]
+    return _attention(ctx, query, [key, value], -3 if query.dim() == 3 else -2)
+
+
+@register_rf_rule("scaled_dot_product_attention")
+def scaled_dot_product_attention(ctx: RuleContext) -> RuleResult:
+    query, key, value = ctx.args[:3]
+    return _attention(ctx, query, [key, value], -2)
