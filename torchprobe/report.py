@@ -59,7 +59,11 @@ def verdict(result: RFResult) -> str:
     rf = axes_text(out.rf)
     if all(out.is_global):
         return f"Receptive field of the output: {rf} on a {size} input: global."
-    partial = [f"axis {a} sees {r} of {n}" for a, (r, n, g) in enumerate(zip(out.rf, result.spatial_size, out.is_global)) if not g]
+    partial = [
+        f"on axis {a} not every unit covers all {n} pixels"
+        for a, (n, covered) in enumerate(zip(result.spatial_size, out.is_global))
+        if not covered
+    ]
     return f"Receptive field of the output: {rf} on a {size} input: not global ({'; '.join(partial)})."
 
 

@@ -85,7 +85,7 @@ class _Observer(TorchFunctionMode):
         output = meta_batch_norm(func, args, kwargs)
         if output is None:
             output = func(*args, **kwargs)
-        if not self.tracer.quiet and has_tensor(output):
+        if not self.tracer.quiet and (has_tensor(output) or func is torch.Tensor.__setitem__):
             self.tracer.emit_op(func, args, kwargs, output)
         return output
 
@@ -251,9 +251,9 @@ def stand_in_state(model: nn.Module, device: str) -> dict[str, torch.Tensor]:
     clones of the buffers (running statistics stay untouched even if the model updates them)."""
     state: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
-        state[name] = torch.empty_like(param, device=META) if device == META else param
+        state[name] = torch.empty_like(param, device=META) if device == META else param.to(device)
     for name, buffer in model.named_buffers():
-        state[name] = torch.empty_like(buffer, device=META) if device == META else buffer.detach().clone()
+        state[name] = torch.empty_like(buffer, device=META) if device == META else buffer.detach().to(device, copy=True)
     return state
 
 

@@ -92,7 +92,7 @@ class RFProbe(Probe):
         rule = RULES.for_op(op.name)
         context = RuleContext(op.name, op.args, op.kwargs, op.output, self._state_of)
         result = self._apply(rule, context, op.name, where)
-        self._assign(op.output, result)
+        self._assign(op.args[0] if op.output is None else op.output, result)  # __setitem__ returns None
         self._maybe_record_op(op, in_states, result)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ class RFProbe(Probe):
         name = f"{owner.name}.{op.name}" if owner is not None and owner.name else op.name
         call = self._op_calls.get(name, 0)
         self._op_calls[name] = call + 1
-        outputs = tensors_in(op.output)
+        outputs = tensors_in(op.output) or tensors_in(op.args[:1])
         depth = owner.depth + 1 if owner is not None else 0
         self.records.append(
             LayerRecord(name, op.name, call, depth, "op", tuple(outputs[0].shape) if outputs else None, state)

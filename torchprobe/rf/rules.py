@@ -439,6 +439,16 @@ def stack(ctx: RuleContext) -> RuleResult:
     return merge([t.unsqueeze(dim) for t in tensors], moved, ctx.out_shape)
 
 
+@register_rf_rule("setitem")
+def setitem(ctx: RuleContext) -> RuleResult:
+    """``x[idx] = value`` in place: every unit of ``x`` may now also see what ``value`` sees."""
+    x, value = ctx.args[0], ctx.args[2]
+    if not isinstance(value, torch.Tensor) or ctx.state_of(value) is None:
+        return ctx.state_of(x)
+    ctx.note("an indexed assignment is counted as reaching every unit, an over-estimate")
+    return merge([x, value], [ctx.state_of(x), reduce_dims(ctx.state_of(value), tuple(value.shape), list(range(-value.dim(), 0)), keepdim=False)], tuple(x.shape))
+
+
 @register_rf_rule("expand", "expand_as", "broadcast_to")
 def expand(ctx: RuleContext) -> RuleResult:
     return merge([ctx.input], [ctx.input_state], ctx.out_shape)
