@@ -1,7 +1,7 @@
 """torchprobe: look inside any PyTorch model through forward hooks and function modes."""
 
-from torchprobe.api import receptive_field
-from torchprobe.errors import ForwardError, RFError, TorchProbeError, UsageError
+from torchprobe.api import receptive_field, summary, trace
+from torchprobe.errors import ForwardError, RFError, ShapeError, TorchProbeError, UsageError
 from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe
 from torchprobe.rf.measure import measure_receptive_field
 from torchprobe.rf.result import LayerRF, RFResult
@@ -11,6 +11,6 @@ from torchprobe.trace import Tracer
 __all__ = [
     "ForwardError", "LayerRF", "ModuleCall", "OpCall", "Probe", "RFError", "RFResult", "RuleContext",
     "TorchProbeError", "Tracer", "UsageError", "measure_receptive_field", "receptive_field",
-    "register_probe", "register_rf_rule",
+    "register_probe", "register_rf_rule", "ShapeError", "summary", "trace",
 ]
 __version__ = "0.1.0"

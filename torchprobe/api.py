@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
+from torchprobe.diagnose import diagnose
+from torchprobe.errors import ForwardError, ShapeError
 from torchprobe.inputs import model_inputs
+from torchprobe.report import render_text
 from torchprobe.rf.probe import RFProbe
 from torchprobe.rf.result import LayerRF, RFResult
-from torchprobe.trace import Tracer
+from torchprobe.shapes import ShapeProbe, ShapeTrace, describe
+from torchprobe.smallest import smallest_input_size
+from torchprobe.summary import ModelSummary, SummaryProbe
+from torchprobe.trace import TraceOutcome, Tracer
 
 
 def receptive_field(
@@ -32,7 +39,69 @@ def receptive_field(
     """
     probe = RFProbe(input_index=input_index, strict=strict)
     outcome = Tracer(model, [probe]).run(model_inputs(input_size, input_data), kwargs, device=device)
+    return rf_result(probe, outcome)
+
+
+def rf_result(probe: RFProbe, outcome: TraceOutcome) -> RFResult:
     records, diagnostics = probe.result()
     n_axes = len(probe.input_shape) - 1
     layers = tuple(LayerRF.from_record(r, n_axes) for r in records)
     return RFResult(probe.input_shape, layers, tuple(diagnostics), outcome.device, outcome.fallback_reason)
+
+
+def summary(
+    model: nn.Module,
+    input_size: Any = None,
+    *,
+    input_data: Any = None,
+    kwargs: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    input_index: int = 0,
+) -> ModelSummary:
+    """One row per module call: output shape, parameters (shared and tied ones once), receptive
+    field and FLOPs (``FlopCounterMode``), with totals; render it, or ``to_dict()`` for JSON.
+    The RF columns appear when input ``input_index`` has spatial axes (C, then at least one more)."""
+    inputs = model_inputs(input_size, input_data)
+    spatial = input_index < len(inputs) and len(_shape_of(inputs[input_index])) >= 3
+    stats = SummaryProbe()
+    rf = RFProbe(input_index=input_index) if spatial else None
+    outcome = Tracer(model, [stats] + ([rf] if rf else [])).run(inputs, kwargs, device=device)
+    shapes = tuple(tuple(_shape_of(x)[1:]) for x in inputs)
+    rf_part = rf_result(rf, outcome) if rf else None
+    return ModelSummary(model, shapes, tuple(stats.result()), rf_part, outcome.device, outcome.fallback_reason)
+
+
+def _shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(x) if isinstance(x, torch.Size) else tuple(getattr(x, "shape", ()))
+
+
+def trace(
+    model: nn.Module,
+    input_size: Any = None,
+    *,
+    input_data: Any = None,
+    kwargs: Mapping[str, Any] | None = None,
+    ops: bool = False,
+    device: str = "auto",
+) -> ShapeTrace:
+    """Every module call (and with ``ops=True`` every functional op of a composite module) with
+    the shapes and dtypes of all its inputs and outputs.
+
+    When the forward fails, raises :class:`torchprobe.ShapeError` (chained from the original
+    error) whose message holds the table up to the failure and a diagnosis: the module, what it
+    expected, what it received, which call produced that, and the fix.
+    """
+    inputs = model_inputs(input_size, input_data)
+    probe = ShapeProbe(ops=ops)
+    shapes = tuple(describe(x) if not isinstance(x, torch.Size) else describe(torch.empty(x, device="meta")) for x in inputs)
+    try:
+        outcome = Tracer(model, [probe]).run(inputs, kwargs, device=device)
+    except ForwardError as error:
+        cause = error.__cause__ or error
+        sizes = [x for x in inputs if isinstance(x, torch.Size)]
+        smallest = (lambda: smallest_input_size(model, inputs, 0, kwargs)) if len(sizes) == len(inputs) else None
+        diagnosis = diagnose(cause, probe.failed_stack, probe.failed_op, probe.producer_of, smallest)
+        partial = ShapeTrace(shapes, tuple(probe.result()), "meta", None, diagnosis)
+        summary = f"{diagnosis.module or '(model)'} ({diagnosis.module_type}): {diagnosis.fix}"
+        raise ShapeError(render_text(partial), summary, partial, diagnosis, error.input_related) from cause
+    return ShapeTrace(shapes, tuple(probe.result()), outcome.device, outcome.fallback_reason)

@@ -12,9 +12,9 @@ import typer
 from rich.console import Console
 
 from torchprobe import __version__
-from torchprobe.api import receptive_field
-from torchprobe.errors import ForwardError, RFError, UsageError
-from torchprobe.report import RENDER_WIDTH, rf_table
+from torchprobe import api
+from torchprobe.errors import ForwardError, RFError, ShapeError, UsageError
+from torchprobe.report import RENDER_WIDTH, rf_table, summary_table, trace_table
 from torchprobe.spec import load_model, parse_input, parse_kwargs
 
 EXIT_OK, EXIT_MODEL_FAILED, EXIT_USAGE = 0, 1, 2
@@ -57,13 +57,74 @@ def rf(
     def run() -> None:
         model = load_model(spec, parse_kwargs(kwargs))
         sizes = [parse_input(text) for text in inputs]
-        result = receptive_field(model, sizes, device=_device(device), strict=strict, input_index=input_index)
+        result = api.receptive_field(model, sizes, device=_device(device), strict=strict, input_index=input_index)
         if as_json:
             print(json.dumps(result.to_dict()))
         else:
             _console().print(rf_table(result, depth=depth))
 
     _guarded(run, debug)
+
+
+@app.command()
+def trace(
+    spec: Spec,
+    inputs: Inputs,
+    kwargs: Kwargs = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")] = False,
+    ops: Annotated[bool, typer.Option("--ops", help="Also list functional ops called in composite modules.")] = False,
+    depth: Annotated[int | None, typer.Option("--depth", min=0, help="Hide rows nested deeper than this.")] = None,
+    device: Device = "auto",
+    debug: Debug = False,
+) -> None:
+    """Shapes and dtypes in and out of every call; when the forward fails, where, why and the fix."""
+
+    def run() -> None:
+        model = load_model(spec, parse_kwargs(kwargs))
+        sizes = [parse_input(text) for text in inputs]
+        try:
+            result = api.trace(model, sizes, ops=ops, device=_device(device))
+        except ShapeError as failure:
+            if as_json:
+                print(json.dumps(failure.trace.to_dict()))
+            else:
+                _console().print(trace_table(failure.trace, depth=depth))
+            raise ModelFailed(failure.summary) from failure
+        if as_json:
+            print(json.dumps(result.to_dict()))
+        else:
+            _console().print(trace_table(result, depth=depth))
+
+    _guarded(run, debug)
+
+
+@app.command()
+def summary(
+    spec: Spec,
+    inputs: Inputs,
+    kwargs: Kwargs = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")] = False,
+    depth: Annotated[int | None, typer.Option("--depth", min=0, help="Fold rows nested deeper than this into their parent.")] = None,
+    rf_debug: Annotated[bool, typer.Option("--rf-steps", help="Print each receptive-field step with its formula.")] = False,
+    device: Device = "auto",
+    debug: Debug = False,
+) -> None:
+    """Shapes, parameters (shared ones once), receptive field and FLOPs in one table, with totals."""
+
+    def run() -> None:
+        model = load_model(spec, parse_kwargs(kwargs))
+        sizes = [parse_input(text) for text in inputs]
+        result = api.summary(model, sizes, device=_device(device))
+        if as_json:
+            print(json.dumps(result.to_dict()))
+        else:
+            _console().print(summary_table(result, depth=depth, debug=rf_debug))
+
+    _guarded(run, debug)
+
+
+class ModelFailed(Exception):
+    """``trace`` printed its diagnosis; exit 1 with its one-line summary."""
 
 
 def _console() -> Console:
@@ -83,10 +144,16 @@ def _guarded(run: Callable[[], Any], debug: bool) -> None:
     """One ``error:`` line and an exit code instead of a traceback (unless ``--debug``)."""
     try:
         run()
+    except ModelFailed as failure:
+        if debug:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        raise typer.Exit(EXIT_MODEL_FAILED) from None
     except (UsageError, ForwardError, RFError) as error:
         if debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        message = error.summary if isinstance(error, ShapeError) else str(error)
+        print(f"error: {message}", file=sys.stderr)
         code = EXIT_USAGE if isinstance(error, UsageError) or getattr(error, "input_related", False) else EXIT_MODEL_FAILED
         raise typer.Exit(code) from None
 

@@ -26,3 +26,16 @@ class ForwardError(TorchProbeError):
 
 class RFError(TorchProbeError):
     """Strict mode: an op with spatial output has no receptive-field rule."""
+
+
+class ShapeError(ForwardError):
+    """The forward failed; ``trace`` holds the calls up to the failure and ``diagnosis`` the why.
+
+    Its message is the partial table followed by the diagnosis; ``summary`` is one line of it.
+    """
+
+    def __init__(self, message: str, summary: str, trace: object, diagnosis: object, input_related: bool) -> None:
+        super().__init__(message, getattr(diagnosis, "module", None), input_related)
+        self.summary = summary
+        self.trace = trace
+        self.diagnosis = diagnosis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -51,6 +52,10 @@ class OpCall:
 class Probe:
     """Base class of all probes: override the events you need; each default does nothing."""
 
+    def context(self) -> AbstractContextManager[Any]:
+        """A context the trace holds open around the forward (a dispatch mode, say)."""
+        return nullcontext()
+
     def start(self, inputs: Sequence[Any]) -> None:
         """The forward is about to run on ``inputs`` (the tensors actually passed)."""
 
@@ -62,6 +67,9 @@ class Probe:
 
     def function(self, op: OpCall) -> None:
         """A torch function or tensor method returned."""
+
+    def op_failed(self, op: OpCall) -> None:
+        """A torch function raised (``op.output`` is None); the user's code may still catch it."""
 
     def failed(self, error: BaseException, stack: Sequence[ModuleCall]) -> None:
         """The forward raised inside ``stack`` (outermost first)."""

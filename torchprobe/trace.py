@@ -84,7 +84,12 @@ class _Observer(TorchFunctionMode):
         kwargs = kwargs or {}
         output = meta_batch_norm(func, args, kwargs)
         if output is None:
-            output = func(*args, **kwargs)
+            try:
+                output = func(*args, **kwargs)
+            except Exception:
+                if not self.tracer.quiet:
+                    self.tracer.emit_op(func, args, kwargs, None, failed=True)
+                raise
         if not self.tracer.quiet and (has_tensor(output) or func is torch.Tensor.__setitem__):
             self.tracer.emit_op(func, args, kwargs, output)
         return output
@@ -120,12 +125,12 @@ class Tracer:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def emit_op(self, func: Any, args: tuple, kwargs: dict, output: Any) -> None:
+    def emit_op(self, func: Any, args: tuple, kwargs: dict, output: Any, failed: bool = False) -> None:
         name, inplace = canonical_op_name(func)
         op = OpCall(name, func, tuple(args), dict(kwargs), output, self.stack[-1] if self.stack else None, inplace)
         with self._quiet():
             for probe in self.probes:
-                probe.function(op)
+                probe.op_failed(op) if failed else probe.function(op)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         with self._quiet():
@@ -172,6 +177,7 @@ class Tracer:
         self.stack, self.calls = [], {}
         for probe in self.probes:
             probe.start(inputs)
+        state = stand_in_state(self.model, device)
         with ExitStack() as cleanup:
             cleanup.enter_context(preserved_training_flags(self.model))
             self.model.eval()
@@ -179,8 +185,9 @@ class Tracer:
                 cleanup.callback(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True).remove)
                 cleanup.callback(module.register_forward_hook(self._post_hook, with_kwargs=True).remove)
             cleanup.enter_context(torch.no_grad())
+            for probe in self.probes:
+                cleanup.enter_context(probe.context())
             cleanup.enter_context(_Observer(self))
-            state = stand_in_state(self.model, device)
             try:
                 return torch.func.functional_call(self.model, state, tuple(inputs), kwargs, strict=False)
             except Exception as error:  # the model's own failure: report it with its place

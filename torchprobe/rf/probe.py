@@ -27,6 +27,7 @@ class LayerRecord:
     kind: str  # "module" or "op"
     output_shape: tuple[int, ...] | None
     state: RFState | None
+    leaf: bool = True  # False for a module with submodules: its row repeats what they did
 
 
 @register_probe("rf")
@@ -79,6 +80,7 @@ class RFProbe(Probe):
         self.records[self._slots.pop(id(call))] = LayerRecord(
             call.name, call.type, call.call, call.depth, "module",
             tuple(outputs[0].shape) if outputs else None, self._primary_state(outputs),
+            leaf=not any(True for _ in call.module.children()),
         )
 
     def function(self, op: OpCall) -> None:

@@ -35,6 +35,7 @@ class LayerRF:
     aligned: bool
     uniform: bool
     unknown: str | None = None
+    leaf: bool = True
     maps: tuple[AxisMap, ...] | None = None  # the exact span maps, for per-unit questions
     units: tuple[int, ...] = ()
 
@@ -64,7 +65,7 @@ class LayerRF:
         common = (record.name, record.type, record.call, record.depth, record.kind, record.output_shape)
         if not isinstance(state, TensorRF):
             unknown = state.reason if isinstance(state, UnknownRF) else None
-            return cls(*common, blank, blank, blank, (False,) * n_axes, True, True, unknown)
+            return cls(*common, blank, blank, blank, (False,) * n_axes, True, True, unknown, record.leaf)
         shape = record.output_shape or ()
         units = [state.units(a, shape) for a in range(n_axes)]
         return cls(
@@ -75,6 +76,7 @@ class LayerRF:
             is_global=tuple(m.is_global(u) for m, u in zip(state.axes, units)),
             aligned=state.aligned,
             uniform=all(m.uniform for m in state.axes),
+            leaf=record.leaf,
             maps=state.axes,
             units=tuple(units),
         )

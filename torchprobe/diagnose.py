@@ -1,0 +1,257 @@
+"""Why a forward failed, in words: the module, what it expected, what it got, who made it, the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchprobe.probe import ModuleCall, OpCall
+from torchprobe.shapes import TensorSpec, spec_text, describe
+from torchprobe.trace import is_too_small, one_line, tensors_in
+
+Producer = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A failure explained. ``kind`` is machine-readable (``linear_in_features``, ``too_small``...)."""
+
+    kind: str
+    module: str  # qualified name of the failing module ("" for the root)
+    module_type: str
+    expected: str
+    received: str
+    producer: str | None
+    fix: str
+    error: str
+
+    def lines(self) -> list[str]:
+        where = f"{self.module or '(model)'} ({self.module_type})"
+        lines = [f"{where} failed: {self.error}", f"  expected: {self.expected}", f"  received: {self.received}"]
+        if self.producer:
+            lines.append(f"  produced by: {self.producer}")
+        lines.append(f"  fix: {self.fix}")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "module": self.module, "module_type": self.module_type, "expected": self.expected,
+            "received": self.received, "producer": self.producer, "fix": self.fix, "error": self.error,
+        }
+
+
+def diagnose(
+    error: BaseException,
+    stack: Sequence[ModuleCall],
+    failed_op: OpCall | None,
+    producer_of: Producer,
+    smallest_input: Callable[[], tuple[int, ...] | None] | None = None,
+) -> Diagnosis:
+    """Explain ``error``: module-specific checks first, then the failing functional op, then a
+    generic account with the operands' shapes."""
+    call = stack[-1] if stack else None
+    name = call.name if call else ""
+    kind_name = call.type if call else "model"
+    text = one_line(error)
+    if is_too_small(error):
+        size = smallest_input() if smallest_input else None
+        need = "x".join(str(s) for s in size) if size else "a larger input"
+        x = _first_tensor(call.args) if call else None
+        return Diagnosis(
+            "too_small", name, kind_name, f"an input of at least {need} (per spatial axis)",
+            f"a feature map of {_spatial(x)} at this layer, too small for its kernel", producer_of(x),
+            f"use an input of at least {need}, or reduce the downsampling before {name or 'this layer'}", text,
+        )
+    if call is not None:
+        for check in _MODULE_CHECKS:
+            found = check(call, producer_of, text)
+            if found is not None:
+                return found
+    if failed_op is not None:
+        for check in _OP_CHECKS:
+            found = check(failed_op, name, kind_name, producer_of, text)
+            if found is not None:
+                return found
+        operands = ", ".join(spec_text(describe(t)) for t in tensors_in((failed_op.args, failed_op.kwargs)))
+        return Diagnosis(
+            "op", name, kind_name, f"operands {failed_op.name} accepts", f"{failed_op.name}({operands})",
+            _producers(producer_of, tensors_in((failed_op.args, failed_op.kwargs))),
+            f"check the shapes passed to {failed_op.name} in {name or 'the forward'}", text,
+        )
+    return Diagnosis("other", name, kind_name, "a forward that runs", "an exception", None,
+                     "see the error; run with --debug for the traceback", text)
+
+
+# -- module checks ---------------------------------------------------------------------------------
+
+
+def _first_tensor(args: Sequence[Any]) -> torch.Tensor | None:
+    found = tensors_in(list(args))
+    return found[0] if found else None
+
+
+def _spatial(x: torch.Tensor | None) -> str:
+    return "?" if x is None else "x".join(str(s) for s in x.shape[2:]) or str(list(x.shape))
+
+
+def _shape(x: torch.Tensor) -> str:
+    return str(TensorSpec(tuple(x.shape), x.dtype))
+
+
+def _producers(producer_of: Producer, tensors: Sequence[torch.Tensor]) -> str | None:
+    named = [f"{_shape(t)} from {producer_of(t)}" for t in tensors if producer_of(t)]
+    return "; ".join(named) or None
+
+
+def _linear(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | None:
+    m, x = call.module, _first_tensor(call.args)
+    if not isinstance(m, nn.Linear) or x is None or x.shape[-1] == m.in_features:
+        return None
+    got = x.shape[-1]
+    return Diagnosis(
+        "linear_in_features", call.name, call.type, f"in_features={m.in_features} (last dim of the input)",
+        f"{_shape(x)}: {got} features", producer_of(x),
+        f"make {call.name} nn.Linear({got}, {m.out_features}), or change what feeds it to give {m.in_features} features"
+        " (for a flatten: check the input size and the conv/pool stack before it)",
+        text,
+    )
+
+
+def _conv(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | None:
+    m, x = call.module, _first_tensor(call.args)
+    if not isinstance(m, nn.modules.conv._ConvNd) or x is None:
+        return None
+    n = len(m.kernel_size)
+    if x.dim() not in (n + 1, n + 2):
+        return Diagnosis(
+            "conv_rank", call.name, call.type, f"a {n + 2}-D input (N, C, {', '.join('DHW'[3 - n:])}) or {n + 1}-D unbatched",
+            f"{_shape(x)} ({x.dim()}-D)", producer_of(x),
+            f"give {call.name} a {n + 2}-D tensor: add the missing dims (e.g. x.unsqueeze(1) for a channel dim)"
+            if x.dim() < n + 1 else f"{call.name} is a {call.type}; reshape the input or use nn.Conv{x.dim() - 2}d",
+            text,
+        )
+    channels = x.shape[-n - 1]
+    if channels == m.in_channels:
+        return None
+    return Diagnosis(
+        "conv_in_channels", call.name, call.type, f"in_channels={m.in_channels} (dim {x.dim() - n - 1} of the input)",
+        f"{_shape(x)}: {channels} channels", producer_of(x),
+        f"make {call.name} {call.type}({channels}, {m.out_channels}, ...), or give it {m.in_channels}-channel input",
+        text,
+    )
+
+
+def _norm(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | None:
+    m, x = call.module, _first_tensor(call.args)
+    if x is None:
+        return None
+    if isinstance(m, nn.modules.batchnorm._NormBase) and x.dim() >= 2 and x.shape[1] != m.num_features:
+        expected, got, fix_arg = f"num_features={m.num_features} (dim 1)", x.shape[1], f"{x.shape[1]}"
+    elif isinstance(m, nn.GroupNorm) and x.dim() >= 2 and x.shape[1] != m.num_channels:
+        expected, got, fix_arg = f"num_channels={m.num_channels} (dim 1)", x.shape[1], f"{m.num_groups}, {x.shape[1]}"
+    elif isinstance(m, nn.LayerNorm) and tuple(x.shape[-len(m.normalized_shape):]) != tuple(m.normalized_shape):
+        tail = tuple(x.shape[-len(m.normalized_shape):])
+        expected, got, fix_arg = f"normalized_shape={list(m.normalized_shape)} (the last dims)", list(tail), f"{list(tail)}"
+    else:
+        return None
+    return Diagnosis(
+        "norm_size", call.name, call.type, expected, f"{_shape(x)}: {got}", producer_of(x),
+        f"make {call.name} {call.type}({fix_arg}), or give it the expected size", text,
+    )
+
+
+def _embedding(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | None:
+    m, x = call.module, _first_tensor(call.args)
+    if not isinstance(m, nn.Embedding) or x is None:
+        return None
+    if x.is_floating_point():
+        return Diagnosis(
+            "embedding_dtype", call.name, call.type, "integer indices (torch.long)", _shape(x), producer_of(x),
+            "pass integer token ids (x.long()); for input_size-based runs give input_data with real indices", text,
+        )
+    if x.device.type == "meta" or x.numel() == 0:
+        return None
+    low, high = int(x.min()), int(x.max())
+    if 0 <= low and high < m.num_embeddings:
+        return None
+    return Diagnosis(
+        "embedding_range", call.name, call.type, f"indices in [0, {m.num_embeddings - 1}] (num_embeddings={m.num_embeddings})",
+        f"indices in [{low}, {high}]", producer_of(x),
+        f"make {call.name} nn.Embedding({max(high + 1, m.num_embeddings)}, {m.embedding_dim}), or fix the token ids",
+        text,
+    )
+
+
+def _attention(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | None:
+    m = call.module
+    if not isinstance(m, nn.MultiheadAttention):
+        return None
+    operands = tensors_in(list(call.args[:3])) or tensors_in([call.kwargs.get(k) for k in ("query", "key", "value")])
+    sizes = {"query": m.embed_dim, "key": m.kdim, "value": m.vdim}
+    for (role, want), x in zip(sizes.items(), operands):
+        if x.shape[-1] != want:
+            return Diagnosis(
+                "mha_embed_dim", call.name, call.type, f"{role} with last dim {want} (embed_dim/kdim/vdim)",
+                f"{role} {_shape(x)}", producer_of(x),
+                f"make {call.name} nn.MultiheadAttention({x.shape[-1]}, num_heads) or project the {role} to {want}",
+                text,
+            )
+    return None
+
+
+_MODULE_CHECKS = (_linear, _conv, _norm, _embedding, _attention)
+
+
+# -- functional op checks --------------------------------------------------------------------------
+
+
+def _matmul(op: OpCall, name: str, kind: str, producer_of: Producer, text: str) -> Diagnosis | None:
+    if op.name not in ("matmul", "mm", "bmm", "linear", "addmm", "baddbmm", "einsum"):
+        return None
+    a, b = (tensors_in((op.args, op.kwargs)) + [None, None])[:2]
+    if a is None or b is None:
+        return None
+    inner_b = b.shape[-1] if op.name == "linear" else (b.shape[-2] if b.dim() >= 2 else b.shape[0])
+    operand = "weight [out, in]" if op.name == "linear" else "second operand"
+    return Diagnosis(
+        "matmul", name, kind, f"the inner dims to agree: last dim of {_shape(a)} equals the in-dim of the {operand}",
+        f"{op.name}({_shape(a)}, {_shape(b)}): {a.shape[-1]} vs {inner_b}", _producers(producer_of, [a, b]),
+        f"reshape or project one operand so that {a.shape[-1]} and {inner_b} agree (in {name or 'the forward'})",
+        text,
+    )
+
+
+def _view(op: OpCall, name: str, kind: str, producer_of: Producer, text: str) -> Diagnosis | None:
+    if op.name not in ("view", "reshape"):
+        return None
+    x = op.args[0]
+    requested = list(op.args[1:]) if len(op.args) > 2 or not isinstance(op.args[1], (tuple, list, torch.Size)) else list(op.args[1])
+    return Diagnosis(
+        "view", name, kind, f"a shape with {x.numel()} elements in all, like the input",
+        f"{op.name}({_shape(x)} -> {requested})", producer_of(x),
+        f"keep the batch dim and let the rest follow: x.flatten(1) or x.view(x.size(0), -1) gives "
+        f"[{x.shape[0]}, {x.numel() // max(x.shape[0], 1)}]; size the next layer to {x.numel() // max(x.shape[0], 1)}",
+        text,
+    )
+
+
+def _cat(op: OpCall, name: str, kind: str, producer_of: Producer, text: str) -> Diagnosis | None:
+    if op.name not in ("cat", "concat", "concatenate", "stack"):
+        return None
+    parts = tensors_in(op.args[0] if op.args else op.kwargs.get("tensors"))
+    dim = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim", 0)
+    shapes = ", ".join(_shape(t) for t in parts)
+    what = "the same shape" if op.name == "stack" else f"the same size in every dim except dim {dim}"
+    return Diagnosis(
+        "cat", name, kind, f"tensors with {what}", f"{op.name}([{shapes}], dim={dim})", _producers(producer_of, parts),
+        "crop, pad or interpolate one branch so the sizes agree (e.g. padding=k//2 in the convs, or "
+        "F.interpolate(x, size=skip.shape[2:]))",
+        text,
+    )
+
+
+_OP_CHECKS = (_matmul, _view, _cat)
