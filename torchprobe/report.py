@@ -152,7 +152,7 @@ def summary_table(summary: ModelSummary, depth: int | None = None, debug: bool =
         table.add_column(column, footer=footers.get(column, ""), justify="left" if column in ("Layer", "Type", "Output shape") else "right", no_wrap=True)
     for line in lines:
         call = line.stats
-        cells = ["  " * call.depth + call.label, call.type, shape_text(call.output_shape),
+        cells = ["  " * call.depth + call.label, call.type, spec_text(call.output),
                  "(shared)" if line.shared else (count(line.params) if line.params else "-")]
         if rf_on:
             cells += [rf_cell(line.rf), axes_text(line.rf.jump)] if line.rf and line.rf.known else ["", ""]

@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torchprobe.probe import ModuleCall, Probe, register_probe
 from torchprobe.rf.result import LayerRF, RFResult
-from torchprobe.trace import tensors_in
+from torchprobe.shapes import describe, spec_json
 
 SUMMARY_SCHEMA = "torchprobe.summary/1"
 
@@ -32,7 +32,7 @@ class CallStats:
     call: int
     parent: int | None  # index of the enclosing call's row
     module: nn.Module
-    output_shape: tuple[int, ...] | None = None
+    output: Any = None  # described: TensorSpec, or containers of them
     flops: int = 0  # inclusive of the calls inside it
 
     @property
@@ -63,8 +63,7 @@ class SummaryProbe(Probe):
         index, started = self._open.pop()
         row = self.rows[index]
         row.flops = self.total_flops() - started
-        outputs = tensors_in(call.output)
-        row.output_shape = tuple(outputs[0].shape) if outputs else None
+        row.output = describe(call.output)
 
     def total_flops(self) -> int:
         return self.counter.get_total_flops() if self.counter is not None else 0
@@ -168,7 +167,7 @@ class ModelSummary:
             "layers": [
                 {
                     "name": line.stats.name, "type": line.stats.type, "call": line.stats.call, "depth": line.stats.depth,
-                    "output_shape": list(line.stats.output_shape) if line.stats.output_shape is not None else None,
+                    "output": spec_json(line.stats.output),
                     "params": line.params, "shared": line.shared, "flops": line.flops,
                     "rf": line.rf.to_dict()["rf"] if line.rf else None,
                     "jump": line.rf.to_dict()["jump"] if line.rf else None,

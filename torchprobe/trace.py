@@ -161,6 +161,8 @@ class Tracer:
     def run(self, inputs: Sequence[Any], kwargs: Mapping[str, Any] | None = None, device: str = "auto") -> TraceOutcome:
         """Run the forward once. ``device``: "meta", a real device, or "auto" (meta, then real)."""
         kwargs = dict(kwargs or {})
+        if device == "auto" and carries_indices((inputs, kwargs)):
+            device = model_device(self.model)  # integer inputs are indices: their values matter
         if device != "auto":
             return TraceOutcome(self._run_on(device, inputs, kwargs), device)
         try:
@@ -231,6 +233,10 @@ def one_line(error: BaseException | None) -> str:
         return ""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def carries_indices(value: Any) -> bool:
+    return any(not (t.is_floating_point() or t.is_complex()) and t.device.type != META for t in tensors_in(value))
 
 
 def needs_real_values(error: BaseException | None) -> bool:

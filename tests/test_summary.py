@@ -1,0 +1,116 @@
+"""torchprobe.summary: renderings, and the invariants that make its numbers trustworthy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
+
+import torchprobe
+from mnist_demo.model import Net
+from tests.zoo import DictOutput, KeywordInputs, SharedAndTied
+from torchprobe.report import render_text, summary_table
+
+
+def unique_parameter_count(model: torch.nn.Module) -> int:
+    """Independent count: distinct tensors by storage pointer, not by the library's walk."""
+    seen = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for p in module._parameters.values():
+            if p is not None:
+                seen[p.data_ptr()] = p.numel()
+    return sum(seen.values())
+
+
+def reference_flops(model: torch.nn.Module, *shape: int) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(1, *shape))
+    return counter.get_total_flops()
+
+
+MODELS = {
+    "seed_net": (Net, (1, 28, 28)),
+    "shared_and_tied": (SharedAndTied, (8,)),
+    "dict_output": (DictOutput, (3, 16, 16)),
+    "resnet18": (lambda: torchvision.models.resnet18(), (3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("depth", [None, 0, 1, 2])
+def test_columns_add_up_to_the_printed_totals(name: str, depth: int | None) -> None:
+    factory, shape = MODELS[name]
+    model = factory()
+    result = torchprobe.summary(model, shape)
+    lines = result.lines(depth)
+    assert sum(l.params for l in lines) + result.uncalled_params == result.total_params
+    assert sum(l.flops for l in lines) == result.total_flops
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_totals_match_independent_counts(name: str) -> None:
+    factory, shape = MODELS[name]
+    model = factory()
+    result = torchprobe.summary(model, shape)
+    assert result.total_params == unique_parameter_count(model)
+    assert result.total_flops == reference_flops(model, *shape)
+    assert result.to_dict()["total_params"] == result.total_params
+
+
+def test_shared_block_and_tied_weight_are_counted_once() -> None:
+    model = SharedAndTied()
+    result = torchprobe.summary(model, (8,))
+    by_label = {l.stats.label: l for l in result.lines()}
+    assert by_label["block #2"].params == 0 and by_label["block.0 #2"].shared
+    assert by_label["decode"].params == 8  # its bias; the weight is encode's
+    assert result.total_params == 8 * 8 + 8 + (8 * 8 + 8) + 8
+
+
+def test_frozen_parameters_are_reported_apart() -> None:
+    model = Net()
+    for p in model.conv0.parameters():
+        p.requires_grad_(False)
+    result = torchprobe.summary(model, (1, 28, 28))
+    assert result.frozen_params == 40
+    assert result.trainable_params == 19_344 - 40
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.integers(4, 24))
+def test_flops_of_random_mlps_equal_flop_counter(widths: list[int], features: int) -> None:
+    layers, last = [], features
+    for w in widths:
+        layers += [torch.nn.Linear(last, w), torch.nn.ReLU()]
+        last = w
+    model = torch.nn.Sequential(*layers)
+    result = torchprobe.summary(model, (features,))
+    assert result.total_flops == reference_flops(model, features) == sum(2 * a * b for a, b in zip([features, *widths], widths))
+    assert result.rf is None  # no spatial axes, no RF columns
+
+
+def test_summary_reports_the_seed_net_rf() -> None:
+    result = torchprobe.summary(Net(), (1, 28, 28))
+    assert result.rf.output.is_global == (True, True)
+    assert result.to_dict()["rf"]["rf"] == [44, 44]
+
+
+@pytest.mark.parametrize(
+    "name, make, kwargs",
+    [
+        ("seed_net", lambda: torchprobe.summary(Net(), (1, 28, 28)), {}),
+        ("seed_net_depth0", lambda: torchprobe.summary(Net(), (1, 28, 28)), {"depth": 0}),
+        ("seed_net_rf_steps", lambda: torchprobe.summary(Net(), (1, 28, 28)), {"debug": True}),
+        ("shared_and_tied", lambda: torchprobe.summary(SharedAndTied(), (8,)), {}),
+        ("dict_output", lambda: torchprobe.summary(DictOutput(), (3, 16, 16)), {}),
+        (
+            "keyword_inputs",
+            lambda: torchprobe.summary(KeywordInputs(), input_data=torch.zeros(1, 3, 8, 8), kwargs={"mask": torch.ones(1, 4, 8, 8)}),
+            {},
+        ),
+    ],
+)
+def test_rendering(golden, name: str, make, kwargs: dict) -> None:
+    golden(f"summary_{name}.txt", render_text(summary_table(make(), **kwargs)))
