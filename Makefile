@@ -21,7 +21,7 @@ test: venv
 	$(PYTHON) -m pytest -q -n $(JOBS)
 
 bench: venv
-	$(PYTHON) bench/rf_vs_torchinfo.py
+	$(PYTHON) bench/vs_torchinfo.py
 
 # Rewrite the expected-output files after a deliberate change of the rendering.
 golden: venv

@@ -69,6 +69,9 @@ class AxisMap:
         lo, hi = self.lo[r], self.hi[r]
         if lo is None or hi is None:
             return None
+        if self.shift.denominator == 1:  # the common case, without Fraction arithmetic
+            offset = q * self.shift.numerator
+            return lo + offset, hi + offset
         offset = q * self.shift
         return math.floor(lo + offset), math.ceil(hi + offset)
 

@@ -1,8 +1,8 @@
-"""Speed of ``torchprobe.receptive_field`` against ``torchinfo.summary(device="meta")``.
+"""Speed of ``torchprobe.receptive_field`` and ``torchprobe.summary`` against ``torchinfo.summary``.
 
 Both analyse the same model in one process, one thread, on the meta device; the median of
 ``--repeat`` runs after one warm-up each. Run: ``make bench`` or
-``.venv/bin/python bench/rf_vs_torchinfo.py --model resnet50 --input 3,224,224``.
+``.venv/bin/python bench/vs_torchinfo.py --model resnet50 --input 3,224,224``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
     theirs = copy.deepcopy(model)
     results = {
         "torchprobe.receptive_field": median_seconds(lambda: torchprobe.receptive_field(model, size), args.repeat),
+        "torchprobe.summary": median_seconds(lambda: torchprobe.summary(model, size), args.repeat),
         "torchinfo.summary(device='meta')": median_seconds(
             lambda: torchinfo.summary(theirs, (1, *size), device="meta", verbose=0), args.repeat
         ),
