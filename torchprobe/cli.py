@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -145,17 +146,19 @@ def _guarded(run: Callable[[], Any], debug: bool) -> None:
     try:
         run()
     except ModelFailed as failure:
-        if debug:
-            raise
-        print(f"error: {failure}", file=sys.stderr)
-        raise typer.Exit(EXIT_MODEL_FAILED) from None
+        _report(str(failure), EXIT_MODEL_FAILED, debug)
     except (UsageError, ForwardError, RFError) as error:
-        if debug:
-            raise
         message = error.summary if isinstance(error, ShapeError) else str(error)
-        print(f"error: {message}", file=sys.stderr)
-        code = EXIT_USAGE if isinstance(error, UsageError) or getattr(error, "input_related", False) else EXIT_MODEL_FAILED
-        raise typer.Exit(code) from None
+        input_related = isinstance(error, UsageError) or getattr(error, "input_related", False)
+        _report(message, EXIT_USAGE if input_related else EXIT_MODEL_FAILED, debug)
+
+
+def _report(message: str, code: int, debug: bool) -> None:
+    """The error line (after the traceback with ``--debug``), then the exit code either way."""
+    if debug:
+        traceback.print_exc()
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
 
 
 def main() -> None:
@@ -168,7 +171,9 @@ def main() -> None:
     except Exception as error:
         if not (hasattr(error, "format_message") and hasattr(error, "exit_code")):
             raise
-        print(f"error: {error.format_message()}", file=sys.stderr)  # a usage error found by typer
+        message = error.format_message()
+        if message:  # a usage error found by typer (no arguments at all: it printed the help)
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(error.exit_code)
     sys.exit(code if isinstance(code, int) else EXIT_OK)
 

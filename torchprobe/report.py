@@ -11,6 +11,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.result import LayerRF, RFResult
 from torchprobe.shapes import ShapeTrace, spec_text
 from torchprobe.summary import ModelSummary
@@ -61,12 +62,15 @@ def verdict(result: RFResult) -> str:
     rf = axes_text(out.rf)
     if all(out.is_global):
         return f"Receptive field of the output: {rf} on a {size} input: global."
-    partial = [
-        f"on axis {a} not every unit covers all {n} pixels"
-        for a, (n, covered) in enumerate(zip(result.spatial_size, out.is_global))
-        if not covered
-    ]
+    partial = [unseen(a, m) or f"on axis {a} not every unit covers all {m.size} pixels" for a, (m, covered) in enumerate(zip(out.maps, out.is_global)) if not covered]
     return f"Receptive field of the output: {rf} on a {size} input: not global ({'; '.join(partial)})."
+
+
+def unseen(axis: int, m: AxisMap) -> str | None:
+    """Pixels no unit can see: dropped by floor division in a strided layer without padding."""
+    lo, hi = m.visible
+    parts = ([f"0..{lo - 1}"] if lo > 0 else []) + ([f"{hi + 1}..{m.size - 1}" if hi + 1 < m.size - 1 else f"{hi + 1}"] if hi < m.size - 1 else [])
+    return f"on axis {axis} pixel(s) {' and '.join(parts)} reach no unit (dropped by a strided layer)" if parts else None
 
 
 def rf_table(result: RFResult, depth: int | None = None) -> Group:

@@ -8,8 +8,9 @@ module's own ``training`` flag are restored in ``finally``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +188,7 @@ class Tracer:
                 cleanup.callback(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True).remove)
                 cleanup.callback(module.register_forward_hook(self._post_hook, with_kwargs=True).remove)
             cleanup.enter_context(torch.no_grad())
+            cleanup.enter_context(private_rng(device))
             for probe in self.probes:
                 cleanup.enter_context(probe.context())
             cleanup.enter_context(_Observer(self))
@@ -200,7 +202,7 @@ class Tracer:
                 if isinstance(error, TorchProbeError):  # a probe's own verdict (strict mode)
                     raise
                 where = stack[-1].name if stack else None
-                input_related = is_too_small(error) or reads_input_directly(stack, inputs)
+                input_related = is_input_error(error, stack, inputs)
                 raise ForwardError(forward_failure_message(error, stack, input_related), where, input_related) from error
 
 
@@ -221,8 +223,17 @@ def is_too_small(error: BaseException) -> bool:
     return any(marker in text for marker in _TOO_SMALL)
 
 
-def reads_input_directly(stack: Sequence[ModuleCall], inputs: Sequence[Any]) -> bool:
-    """The failing submodule was handed one of the model's inputs as it was given."""
+_WRONG_RANK = re.compile(r"expected \d+d (\(unbatched\) or \d+d \(batched\) )?input", re.IGNORECASE)
+
+
+def is_input_error(error: BaseException, stack: Sequence[ModuleCall], inputs: Sequence[Any]) -> bool:
+    """The given input cannot fit: too small, the wrong rank (which an unbatched-capable first conv
+    may pass on to a later layer), too few or unexpected arguments for ``forward``, or rejected by
+    the first submodule that reads it as given."""
+    if is_too_small(error) or _WRONG_RANK.search(str(error)):
+        return True
+    if isinstance(error, TypeError) and len(stack) == 1 and "argument" in str(error):
+        return True
     if not stack or stack[-1].depth == 0:
         return False
     return any(arg is x for arg in tensors_in((stack[-1].args, stack[-1].kwargs)) for x in inputs)
@@ -260,14 +271,20 @@ def _tensors_of(model: nn.Module) -> Iterator[torch.Tensor]:
 
 
 def stand_in_state(model: nn.Module, device: str) -> dict[str, torch.Tensor]:
-    """Tensors to run with: meta stand-ins on meta; on a real device the real parameters and
-    clones of the buffers (running statistics stay untouched even if the model updates them)."""
+    """Tensors to run with: meta stand-ins on meta, copies on a real device, so that nothing the
+    forward writes (running statistics, counters, a clamped weight) reaches the model. The copies
+    cost one model's worth of memory on that device, for the length of the pass."""
     state: dict[str, torch.Tensor] = {}
-    for name, param in model.named_parameters():
-        state[name] = torch.empty_like(param, device=META) if device == META else param.to(device)
-    for name, buffer in model.named_buffers():
-        state[name] = torch.empty_like(buffer, device=META) if device == META else buffer.detach().to(device, copy=True)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        state[name] = torch.empty_like(tensor, device=META) if device == META else tensor.detach().to(device, copy=True)
     return state
+
+
+def private_rng(device: str) -> AbstractContextManager[Any]:
+    """The caller's random state comes back as it was, whatever the forward draws."""
+    kind = torch.device(device).type if device != META else META
+    cuda = [torch.device(device).index or 0] if kind == "cuda" else []
+    return torch.random.fork_rng(devices=cuda, device_type="cuda")
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 
@@ -29,6 +29,7 @@ class AxisMap:
     lo: tuple[int | None, ...]
     hi: tuple[int | None, ...]
     size: int
+    reach: tuple[int, int] | None = None  # input pixels some unit can really see (None: all)
 
     @classmethod
     def identity(cls, size: int) -> AxisMap:
@@ -102,11 +103,34 @@ class AxisMap:
             for r, (l, h) in enumerate(zip(self.lo, self.hi))
         )
 
+    @property
+    def visible(self) -> tuple[int, int]:
+        """The input pixels that some unit of the tensor can see. Spans extend past it through
+        padding (the RF convention); floor division in a strided layer can drop trailing pixels."""
+        return self.reach if self.reach is not None else (0, self.size - 1)
+
+    def clipped(self, unit: int) -> tuple[int, int] | None:
+        """The pixels ``unit`` really depends on (its span within the visible pixels)."""
+        s = self.span(unit)
+        if s is None:
+            return None
+        lo, hi = max(s[0], self.visible[0]), min(s[1], self.visible[1])
+        return (lo, hi) if lo <= hi else None
+
+    def bounded(self, units: int, parents: Sequence[tuple[int, int]]) -> AxisMap:
+        """This map with ``reach`` set: what its ``units`` real units can see of what the input
+        tensors could see (a unit reading only padding beyond the last real unit sees nothing)."""
+        lo, hi = self.hull(units)
+        if lo is None or hi is None or not parents:
+            return self
+        reach = (max(lo, min(p[0] for p in parents)), min(hi, max(p[1] for p in parents)))
+        return replace(self, reach=None if reach == (0, self.size - 1) else reach)
+
     def is_global(self, units: int) -> bool:
-        """True when each of the first ``units`` units spans the whole input axis."""
+        """True when each of the first ``units`` units depends on every pixel of the input axis."""
         if units <= 0:
             return False
-        spans = [self.span(u) for u in _edge_units(self.period, units)]
+        spans = [self.clipped(u) for u in _edge_units(self.period, units)]
         return all(s is not None and s[0] <= 0 and s[1] >= self.size - 1 for s in spans)
 
     def hull(self, units: int) -> tuple[int | None, int | None]:

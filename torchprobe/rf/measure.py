@@ -1,8 +1,8 @@
 """The independent check: measure a unit's receptive field with gradients instead of geometry.
 
 On a float64 copy of the model every conv/linear weight becomes a positive averaging constant
-and every bias zero, normalisations become the identity and max pooling becomes average pooling
-of the same geometry (functional calls too, through a function mode). Fed all-ones, every
+and every bias zero, normalisations and activations become the identity and max pooling becomes
+average pooling of the same geometry (functional calls too, through a function mode). Fed all-ones, every
 activation is positive, so the gradient of one output unit is non-zero exactly on the input
 pixels that can change it: its support, clipped to the image.
 """
@@ -26,6 +26,14 @@ from torchprobe.rf.rules import per_axis
 from torchprobe.trace import canonical_op_name, tensors_in
 
 NORMALISATIONS = {"batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "local_response_norm"}
+# Saturating or gated activations can have a zero gradient where sums grow (ReLU6 past 6 in a
+# residual stack): the averaging copy passes their input through instead, like the norms.
+ACTIVATIONS = {
+    "relu", "relu6", "hardtanh", "hardsigmoid", "hardswish", "sigmoid", "tanh", "gelu", "silu", "mish", "elu",
+    "selu", "celu", "leaky_relu", "rrelu", "prelu", "softplus", "softsign", "logsigmoid", "tanhshrink",
+    "hardshrink", "softshrink", "threshold",
+}
+PASSED_THROUGH = NORMALISATIONS | ACTIVATIONS
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ def measure_receptive_field(
     inputs = [torch.ones(s, dtype=torch.float64, requires_grad=True) for s in sizes]
     handle = target.register_forward_hook(capture)
     try:
-        with _AveragingMode():
+        with _AveragingMode(), torch.random.fork_rng(devices=[]):
             averaging(*inputs)
     finally:
         handle.remove()
@@ -107,12 +115,13 @@ def _averaging_copy(model: nn.Module) -> nn.Module:
 
 
 class _AveragingMode(TorchFunctionMode):
-    """Max pooling as average pooling of the same geometry, normalisations as the identity."""
+    """Max pooling as average pooling of the same geometry; normalisations and activations as the
+    identity (in-place ones too: the input comes back unchanged)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         kwargs = kwargs or {}
         name, _ = canonical_op_name(func)
-        if name in NORMALISATIONS:
+        if name in PASSED_THROUGH:
             return args[0] if args else kwargs["input"]
         if name.startswith("max_pool"):
             pooled = _average_pool(*args, **kwargs)

@@ -40,19 +40,12 @@ class LayerRF:
     units: tuple[int, ...] = ()
 
     def span(self, unit: int | Sequence[int], clip: bool = True) -> tuple[tuple[int, int] | None, ...]:
-        """Input pixels ``(first, last)`` per axis that output ``unit`` can see (clipped to the
-        image unless ``clip`` is False; None where it sees none)."""
+        """Input pixels ``(first, last)`` per axis that output ``unit`` depends on; with ``clip``
+        False, its span by the RF convention (padding included). None where it sees nothing."""
         if self.maps is None:
             raise ValueError(f"the receptive field of {self.name or '(model)'} is unknown")
         units = (unit,) * len(self.maps) if isinstance(unit, int) else tuple(unit)
-        spans = []
-        for m, u in zip(self.maps, units):
-            s = m.span(u)
-            if s is not None and clip:
-                s = (max(s[0], 0), min(s[1], m.size - 1))
-                s = s if s[0] <= s[1] else None
-            spans.append(s)
-        return tuple(spans)
+        return tuple(m.clipped(u) if clip else m.span(u) for m, u in zip(self.maps, units))
 
     @property
     def known(self) -> bool:

@@ -44,6 +44,12 @@ class TensorRF:
         lo, hi = m.hull(self.units(axis, shape))
         return AxisMap.constant(lo, hi, m.size), (self.dims[axis] if keep_dim else None)
 
+    def bounded(self, shape: Sequence[int], parents: Sequence[TensorRF]) -> TensorRF:
+        """Set each axis's visible pixels from the inputs' (see :meth:`AxisMap.bounded`)."""
+        return self.map_axes(
+            lambda a, m, d: (m.bounded(self.units(a, shape), [p.axes[a].visible for p in parents]), d)
+        )
+
     def with_dims(self, remap: Callable[[int], int | None], shape: Sequence[int]) -> TensorRF:
         """Move axes to new dims (``remap`` takes and returns negative dims); None reduces."""
 
