@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Each xdist worker gets one core's worth of threads: two workers with two OpenMP threads each on
+# a 2-core machine spin against each other and run several times slower.
+torch.set_num_threads(1)
 
 GOLDEN = Path(__file__).parent / "golden"
 
