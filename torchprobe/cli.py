@@ -30,6 +30,8 @@ app = typer.Typer(
 Spec = Annotated[str, typer.Argument(help="FILE.py:NAME or package.module:NAME (a module class or a factory).")]
 Inputs = Annotated[list[str], typer.Option("--input", "-i", help="Input size without the batch dim, e.g. 1,28,28; repeat for several inputs.")]
 Kwargs = Annotated[str | None, typer.Option("--kwargs", help="Constructor keyword arguments as a JSON object.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")]
+Depth = Annotated[int | None, typer.Option("--depth", min=0, help="Hide rows nested deeper than this (summary: fold them into their parent).")]
 Device = Annotated[str, typer.Option("--device", help="auto (meta, real tensors if needed), meta, cpu or cuda.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 
@@ -46,9 +48,9 @@ def rf(
     spec: Spec,
     inputs: Inputs,
     kwargs: Kwargs = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")] = False,
+    as_json: AsJson = False,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on an op without a receptive-field rule.")] = False,
-    depth: Annotated[int | None, typer.Option("--depth", min=0, help="Hide rows nested deeper than this.")] = None,
+    depth: Depth = None,
     input_index: Annotated[int, typer.Option("--rf-input", min=0, help="Which input the RF is measured on.")] = 0,
     device: Device = "auto",
     debug: Debug = False,
@@ -56,13 +58,9 @@ def rf(
     """Receptive field, jump and start of every layer, per spatial axis."""
 
     def run() -> None:
-        model = load_model(spec, parse_kwargs(kwargs))
-        sizes = [parse_input(text) for text in inputs]
+        model, sizes = _model_and_sizes(spec, kwargs, inputs)
         result = api.receptive_field(model, sizes, device=_device(device), strict=strict, input_index=input_index)
-        if as_json:
-            print(json.dumps(result.to_dict()))
-        else:
-            _console().print(rf_table(result, depth=depth))
+        _show(result, as_json, lambda: rf_table(result, depth=depth))
 
     _guarded(run, debug)
 
@@ -72,29 +70,22 @@ def trace(
     spec: Spec,
     inputs: Inputs,
     kwargs: Kwargs = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")] = False,
+    as_json: AsJson = False,
     ops: Annotated[bool, typer.Option("--ops", help="Also list functional ops called in composite modules.")] = False,
-    depth: Annotated[int | None, typer.Option("--depth", min=0, help="Hide rows nested deeper than this.")] = None,
+    depth: Depth = None,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:
     """Shapes and dtypes in and out of every call; when the forward fails, where, why and the fix."""
 
     def run() -> None:
-        model = load_model(spec, parse_kwargs(kwargs))
-        sizes = [parse_input(text) for text in inputs]
+        model, sizes = _model_and_sizes(spec, kwargs, inputs)
         try:
             result = api.trace(model, sizes, ops=ops, device=_device(device))
         except ShapeError as failure:
-            if as_json:
-                print(json.dumps(failure.trace.to_dict()))
-            else:
-                _console().print(trace_table(failure.trace, depth=depth))
+            _show(failure.trace, as_json, lambda: trace_table(failure.trace, depth=depth))
             raise ModelFailed(failure.summary) from failure
-        if as_json:
-            print(json.dumps(result.to_dict()))
-        else:
-            _console().print(trace_table(result, depth=depth))
+        _show(result, as_json, lambda: trace_table(result, depth=depth))
 
     _guarded(run, debug)
 
@@ -104,24 +95,32 @@ def summary(
     spec: Spec,
     inputs: Inputs,
     kwargs: Kwargs = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")] = False,
-    depth: Annotated[int | None, typer.Option("--depth", min=0, help="Fold rows nested deeper than this into their parent.")] = None,
-    rf_debug: Annotated[bool, typer.Option("--rf-steps", help="Print each receptive-field step with its formula.")] = False,
+    as_json: AsJson = False,
+    depth: Depth = None,
+    rf_steps: Annotated[bool, typer.Option("--rf-steps", help="Print each receptive-field step with its formula.")] = False,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:
     """Shapes, parameters (shared ones once), receptive field and FLOPs in one table, with totals."""
 
     def run() -> None:
-        model = load_model(spec, parse_kwargs(kwargs))
-        sizes = [parse_input(text) for text in inputs]
+        model, sizes = _model_and_sizes(spec, kwargs, inputs)
         result = api.summary(model, sizes, device=_device(device))
-        if as_json:
-            print(json.dumps(result.to_dict()))
-        else:
-            _console().print(summary_table(result, depth=depth, debug=rf_debug))
+        _show(result, as_json, lambda: summary_table(result, depth=depth, debug=rf_steps))
 
     _guarded(run, debug)
+
+
+def _model_and_sizes(spec: str, kwargs: str | None, inputs: list[str]) -> tuple[Any, list[tuple[int, ...]]]:
+    return load_model(spec, parse_kwargs(kwargs)), [parse_input(text) for text in inputs]
+
+
+def _show(result: Any, as_json: bool, table: Callable[[], Any]) -> None:
+    """The JSON report alone on stdout, or the rich table."""
+    if as_json:
+        print(json.dumps(result.to_dict()))
+    else:
+        _console().print(table())
 
 
 class ModelFailed(Exception):
