@@ -22,14 +22,17 @@ import torchvision
 import torchprobe
 
 
-def median_seconds(run: Callable[[], object], repeat: int) -> float:
-    run()  # warm-up: imports, caches, first-call costs
-    times = []
+def median_seconds(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median wall time of each run; the runs take turns, so a busy machine slows all alike."""
+    for run in runs.values():
+        run()  # warm-up: imports, caches, first-call costs
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -44,13 +47,14 @@ def main() -> None:
     model = getattr(torchvision.models, args.model)(weights=None)
     # torchinfo moves the model it is given to the meta device: give it its own copy.
     theirs = copy.deepcopy(model)
-    results = {
-        "torchprobe.receptive_field": median_seconds(lambda: torchprobe.receptive_field(model, size), args.repeat),
-        "torchprobe.summary": median_seconds(lambda: torchprobe.summary(model, size), args.repeat),
-        "torchinfo.summary(device='meta')": median_seconds(
-            lambda: torchinfo.summary(theirs, (1, *size), device="meta", verbose=0), args.repeat
-        ),
-    }
+    results = median_seconds(
+        {
+            "torchprobe.receptive_field": lambda: torchprobe.receptive_field(model, size),
+            "torchprobe.summary": lambda: torchprobe.summary(model, size),
+            "torchinfo.summary(device='meta')": lambda: torchinfo.summary(theirs, (1, *size), device="meta", verbose=0),
+        },
+        args.repeat,
+    )
     if args.json:
         print(json.dumps({"model": args.model, "input": size, "seconds": results}))
         return
