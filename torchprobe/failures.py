@@ -1,11 +1,12 @@
 """Failure analysis for any classifier: every mistake recorded, explained and shown.
 
-``update()`` never waits for the device: the confusion matrix, the calibration bins and the
-per-class self-confidence are ``index_add_`` accumulations on the outputs' device, each batch's
-per-sample records (index, ``true*C + predicted``, confidence, log-probability of the target) are
-kept as the batch's own tensors, and the inputs of the worst failures are kept by a top-k merge.
-The first read filters the records to failures (the one wait) and answers from there. Nothing is
-capped: every failure since the last ``reset()`` is recorded. See docs/failures.md.
+``update()`` never waits for the device and launches a handful of kernels: ``log_softmax``, the
+top class, the target's log-probability; the batch's per-sample records (index, ``true*C +
+predicted``, confidence, log-probability of the target) are kept as its own tensors, and the inputs
+of the worst failures by a top-k merge. The first read brings the records to the CPU (the one
+wait), counts them into the confusion matrix, calibration bins and per-class sums, and keeps the
+failures. Nothing is capped: every failure since the last ``reset()`` is recorded. See
+docs/failures.md.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 from torchprobe.trace import preserved_training_flags
 
 SCHEMA = "torchprobe.failures/1"
-RESOLUTION = 3600  # calibration bins kept per batch; calibration_error(n_bins) is exact for divisors
+RESOLUTION = 3600  # equal calibration bins counted; calibration_error(n_bins) is exact for its divisors
 COLLECT_EVERY = 1 << 20  # samples held as per-batch records before they are filtered (one wait)
 RANKINGS = ("loss", "confidence")
 PROBLEMS = ("targets below 0", "targets >= num_classes", "NaN (or +inf) outputs")
@@ -80,56 +81,83 @@ class EpochRecord:
 
 @dataclass
 class _Totals:
-    """The sums on the device: they only ever add up, so processes merge them by all-reduce."""
+    """Counts over the collected samples (CPU): they only add up, so processes merge them by sum."""
 
-    confusion: torch.Tensor  # int64 (C*C,), at true*C + predicted
-    bins: torch.Tensor  # int64 (2*RESOLUTION,), at bin*2 + correct
-    bin_confidence: torch.Tensor  # float64 (RESOLUTION,): summed top-class probability per bin
-    self_confidence: torch.Tensor  # float64 (C,): summed p(true) per true class
-    problems: torch.Tensor  # int64 (3,): batches with each of PROBLEMS, off the CPU (checked late)
+    confusion: np.ndarray  # int64 (C*C,), at true*C + predicted
+    bins: np.ndarray  # int64 (2*RESOLUTION,), at bin*2 + correct
+    bin_confidence: np.ndarray  # float64 (RESOLUTION,): summed top-class probability per bin
+    self_confidence: np.ndarray  # float64 (C,): summed p(true) per true class
 
     @classmethod
-    def zeros(cls, num_classes: int, device: torch.device) -> _Totals:
-        real = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        ints = lambda n: torch.zeros(n, dtype=torch.int64, device=device)  # noqa: E731
-        return cls(ints(num_classes**2), ints(2 * RESOLUTION), torch.zeros(RESOLUTION, dtype=real, device=device),
-                   torch.zeros(num_classes, dtype=real, device=device), ints(len(PROBLEMS)))
+    def zeros(cls, num_classes: int) -> _Totals:
+        return cls(np.zeros(num_classes**2, np.int64), np.zeros(2 * RESOLUTION, np.int64),
+                   np.zeros(RESOLUTION), np.zeros(num_classes))
 
-    @property
-    def device(self) -> torch.device:
-        return self.confusion.device
+    def add(self, code: np.ndarray, confidence: np.ndarray, target_logp: np.ndarray, num_classes: int) -> None:
+        true, predicted = np.divmod(code, num_classes)
+        self.confusion += np.bincount(code, minlength=num_classes**2)
+        confidence = confidence.astype(np.float64)
+        fine = np.minimum((confidence * RESOLUTION).astype(np.int64), RESOLUTION - 1)  # exact for float32
+        self.bins += np.bincount(fine * 2 + (true == predicted), minlength=2 * RESOLUTION)
+        self.bin_confidence += np.bincount(fine, confidence, minlength=RESOLUTION)
+        self.self_confidence += np.bincount(true, np.exp(target_logp).astype(np.float64), minlength=num_classes)
 
 
 @dataclass
 class _Kept:
-    """The ``k`` worst failures by one key, with their inputs: the only part whose size depends on
-    the input size. Empty slots and correct samples have key ``-inf``."""
+    """The ``k`` worst failures by each key of RANKINGS, with their inputs: the only part whose size
+    depends on the input size. Empty slots and correct samples have key ``-inf``."""
 
-    key: torch.Tensor  # float32 (k,)
-    index: torch.Tensor  # int64 (k,)
-    inputs: torch.Tensor  # (k, *input_shape)
+    key: torch.Tensor  # float32 (rankings, k)
+    index: torch.Tensor  # int64 (rankings, k)
+    inputs: torch.Tensor  # (rankings * k, *input_shape), ranking-major
 
     @classmethod
     def empty(cls, k: int, like: torch.Tensor) -> _Kept:
-        key = torch.full((k,), -math.inf, device=like.device)
-        return cls(key, torch.zeros(k, dtype=torch.int64, device=like.device), like.new_zeros((k, *like.shape[1:])))
+        r = len(RANKINGS)
+        key = torch.full((r, k), -math.inf, device=like.device)
+        return cls(key, torch.zeros((r, k), dtype=torch.int64, device=like.device), like.new_zeros((r * k, *like.shape[1:])))
 
     def merge(self, key: torch.Tensor, index: torch.Tensor, inputs: torch.Tensor) -> _Kept:
-        """The top ``k`` of these and a batch; inputs are gathered from both sides, not
-        concatenated, so a large batch costs ``k`` rows, not ``k + batch``."""
-        k = len(self.key)
-        key, index = torch.cat([self.key, key]), torch.cat([self.index, index])
-        order = _top(k, key, index)
-        kept = (order < k).view(-1, *(1,) * (inputs.dim() - 1))
-        rows = torch.where(kept, self.inputs.index_select(0, order.clamp(max=k - 1)), inputs.index_select(0, (order - k).clamp(min=0)))
-        return _Kept(key[order], index[order], rows)
+        """The top ``k`` of these and a batch (``key``: (rankings, batch)); the new inputs are
+        gathered from ``cat(kept, batch)``, or, for a batch larger than the kept set, from
+        ``cat(kept, the k rows per ranking that may enter)``."""
+        r, k = self.key.shape
+        key, index = torch.cat([self.key, key], 1), torch.cat([self.index, index.expand(r, -1)], 1)
+        key, order = _top(k, key, index)
+        kept = order < k
+        first = torch.arange(0, r * k, k, device=order.device).view(r, 1)  # each ranking's first kept row
+        if len(inputs) > r * k:  # gather the k rows per ranking that may enter first
+            inputs = inputs.index_select(0, (order - k).clamp(min=0).flatten())
+            rows = first + torch.where(kept, order, torch.arange(r * k, r * k + k, device=order.device))
+        else:
+            rows = order + torch.where(kept, first, r * k - k)
+        inputs = torch.cat([self.inputs, inputs]).index_select(0, rows.flatten())  # rows of cat(kept, batch)
+        return _Kept(key, index.gather(1, order), inputs)
+
+    @classmethod
+    def combine(cls, parts: Sequence[_Kept]) -> _Kept:
+        """The top ``k`` of several processes' kept sets: exactly the top ``k`` of all their samples."""
+        r, k = parts[0].key.shape
+        key, index = torch.cat([p.key for p in parts], 1), torch.cat([p.index for p in parts], 1)
+        key, order = _top(k, key, index)
+        part, position = order.div(k, rounding_mode="floor"), order.remainder(k)
+        rows = part * (r * k) + torch.arange(r, device=order.device)[:, None] * k + position
+        inputs = torch.cat([p.inputs for p in parts]).index_select(0, rows.flatten())
+        return cls(key, index.gather(1, order), inputs)
+
+    def inputs_by(self, by: str) -> torch.Tensor:
+        k = self.key.shape[1]
+        return self.inputs[RANKINGS.index(by) * k:][:k]
 
 
-def _top(k: int, key: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Positions of the first ``k`` by key (descending), then index, then position: a total order,
-    so top-k sets kept per batch or per process merge into exactly the top-k of all, ties included."""
-    by_index = torch.argsort(index, stable=True)
-    return by_index[torch.sort(key[by_index], descending=True, stable=True).indices[:k]]
+def _top(k: int, key: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the first ``k`` keys and their positions, by key (descending), then index, then
+    position: a total order, so top-k sets kept per batch or per process merge into exactly the
+    top-k of all, ties included."""
+    by_index = torch.argsort(index, dim=1, stable=True)
+    top = torch.sort(key.gather(1, by_index), dim=1, descending=True, stable=True)
+    return top.values[:, :k], by_index.gather(1, top.indices[:, :k])
 
 
 @dataclass
@@ -186,12 +214,16 @@ class FailureAnalyzer:
     def reset(self) -> None:
         """Forget every batch since the last reset (``history`` stays)."""
         self.samples = 0
-        self._totals: _Totals | None = None
+        self._device: torch.device | None = None
+        self._totals = _Totals.zeros(self.num_classes)
+        self._problems: torch.Tensor | None = None  # off the CPU: batches with each of PROBLEMS
         self._pending: list[tuple[torch.Tensor, ...]] = []
         self._pending_samples = 0
         self._failed = _Records.empty()
         self._seen = np.empty((0, 2), np.int64)
-        self._kept: dict[str, _Kept] = {}
+        self._kept: _Kept | None = None
+        self._candidates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # CPU: rows that may enter
+        self._candidate_rows = 0
         self._with_inputs: bool | None = None  # decided by the first batch
         self._default_indices = False
         self._merged = False
@@ -213,87 +245,102 @@ class FailureAnalyzer:
                              "call reset() or end_epoch() before adding batches")
         n = self._check_shapes(outputs, targets, inputs)
         device = outputs.device
-        if self._totals is None:
-            self._totals = _Totals.zeros(self.num_classes, device)
-        elif device != self._totals.device:
-            raise ValueError(f"outputs are on {device}, earlier batches on {self._totals.device}; reset() first")
+        if self._device is not None and device != self._device:
+            raise ValueError(f"outputs are on {device}, earlier batches on {self._device}; reset() first")
         index = self._batch_indices(indices, n, device)
         if n == 0:
             return
+        self._device = device
         logp = torch.log_softmax(outputs.detach(), 1, dtype=torch.float32)  # idempotent on log-probs
         top, predicted = logp.max(1)
-        targets = self._checked_targets(targets.to(device, torch.int64, non_blocking=True), top)
-        target_logp = logp.gather(1, targets[:, None]).squeeze(1)
+        targets, target_logp = self._target_logp(logp, targets.to(device, torch.int64, non_blocking=True), top)
         confidence = top.exp()
-        code = targets * self.num_classes + predicted
-        correct = predicted == targets
-        self._accumulate(code, correct, confidence, targets, target_logp)
+        code = predicted.add(targets, alpha=self.num_classes)
+        if self._with_inputs is None:  # the first batch decides, for all until reset()
+            self._with_inputs = inputs is not None
+            if inputs is not None and self.keep:
+                self._kept = _Kept.empty(self.keep, inputs.to(device))
+        self._default_indices |= indices is None
         self._pending.append((index, code, confidence, target_logp))
-        if self._kept:
-            inputs = inputs.detach().to(device, non_blocking=True)
-            for by, key in zip(RANKINGS, (target_logp.neg(), confidence)):
-                self._kept[by] = self._kept[by].merge(key.masked_fill(correct, -math.inf), index, inputs)
+        if self._kept is not None:
+            keys = torch.stack([target_logp.neg(), confidence])  # loss and confidence: RANKINGS
+            keys.masked_fill_(predicted == targets, -math.inf)
+            self._keep_worst(keys, index, inputs.detach().to(device, non_blocking=True))
         self.samples += n
         self._pending_samples += n
         if self._pending_samples >= COLLECT_EVERY:
             self._collect()
 
-    def _accumulate(self, code: torch.Tensor, correct: torch.Tensor, confidence: torch.Tensor,
-                    targets: torch.Tensor, target_logp: torch.Tensor) -> None:
-        totals = self._totals
-        one = torch.ones((), dtype=torch.int64, device=code.device).expand(len(code))
-        totals.confusion.index_add_(0, code, one)
-        confidence = confidence.to(totals.bin_confidence.dtype)
-        fine = (confidence * RESOLUTION).long().clamp_(max=RESOLUTION - 1)
-        totals.bins.index_add_(0, fine * 2 + correct, one)
-        totals.bin_confidence.index_add_(0, fine, confidence)
-        totals.self_confidence.index_add_(0, targets, target_logp.exp().to(confidence.dtype))
+    def _keep_worst(self, keys: torch.Tensor, index: torch.Tensor, inputs: torch.Tensor) -> None:
+        """Off the CPU, merge every batch into the kept sets (no value is read). On the CPU, where
+        reading is free, set aside only the rows that reach the last kept key (a superset of those
+        that enter) and merge them once they are as many as the kept sets hold: fewer, larger merges."""
+        if not _reads_are_free(inputs.device):
+            self._kept = self._kept.merge(keys, index, inputs)
+            return
+        rows = (keys >= self._kept.key[:, -1:]).any(0).nonzero().squeeze(1)
+        if len(rows):
+            self._candidates.append((keys[:, rows], index[rows], inputs.index_select(0, rows)))
+            self._candidate_rows += len(rows)
+            if self._candidate_rows >= self._kept.key.numel():
+                self._merge_candidates()
+
+    def _merge_candidates(self) -> None:
+        if self._candidates:
+            keys, index, inputs = zip(*self._candidates)
+            self._kept = self._kept.merge(torch.cat(keys, 1), torch.cat(index), torch.cat(inputs))
+            self._candidates, self._candidate_rows = [], 0
 
     def _check_shapes(self, outputs: Any, targets: Any, inputs: Any) -> int:
         c = self.num_classes
-        if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2 or outputs.shape[1] != c or not outputs.is_floating_point():
+        if not isinstance(outputs, torch.Tensor) or not outputs.is_floating_point() or outputs.shape[1:] != (c,):
             raise ValueError(f"outputs must be a float tensor of shape (batch, {c}), got {_describe(outputs)}")
         n = outputs.shape[0]
         if not _is_index_tensor(targets) or tuple(targets.shape) != (n,):
-            raise ValueError(f"targets must be an integer tensor of class indices of shape ({n},), got {_describe(targets)} "
-                             "(one-hot or soft targets: pass .argmax(1))")
-        if self._with_inputs is None:
-            self._with_inputs = inputs is not None
-        elif self._with_inputs != (inputs is not None):
+            raise ValueError(f"targets must be an integer tensor of class indices of shape ({n},), "
+                             f"got {_describe(targets)} (one-hot or soft targets: pass .argmax(1))")
+        if self._with_inputs is not None and self._with_inputs != (inputs is not None):
             given = "given" if self._with_inputs else "not given"
             raise ValueError(f"inputs were {given} with the earlier batches: give them with every batch or with none")
         if inputs is not None:
             self._check_batch(inputs, n)
-            if self.keep and not self._kept:
-                self._kept = {by: _Kept.empty(self.keep, inputs.to(outputs.device)) for by in RANKINGS}
         return n
 
     def _check_batch(self, inputs: Any, n: int) -> None:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0 or inputs.shape[0] != n:
             raise ValueError(f"inputs must be a tensor with the batch size {n} first, got {_describe(inputs)}")
-        if self._kept:
-            kept = self._kept[RANKINGS[0]].inputs
+        if self._kept is not None:
+            kept = self._kept.inputs
             if inputs.shape[1:] != kept.shape[1:] or inputs.dtype != kept.dtype:
-                raise ValueError(f"inputs are {_describe(inputs)}, earlier batches had {kept.dtype} rows of shape {tuple(kept.shape[1:])}")
+                raise ValueError(f"inputs are {_describe(inputs)}, earlier batches had {_dtype(kept)} rows "
+                                 f"of shape {tuple(kept.shape[1:])}")
 
-    def _checked_targets(self, targets: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
-        """Out-of-range targets and NaN outputs: a ValueError now on the CPU; elsewhere counted on
-        the device (and clamped so no kernel reads out of bounds) and raised by the next read."""
-        lo, hi = torch.aminmax(targets)
-        nan = top.isnan()
-        if targets.device.type == "cpu":
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(f"targets must be class indices in [0, {self.num_classes}), got values from {int(lo)} to {int(hi)}")
-            if nan.any():
-                rows = nan.nonzero().flatten()
-                raise ValueError(f"outputs contain NaN (or +inf) in {len(rows)} of {len(top)} rows, first in row {int(rows[0])}")
-            return targets
-        self._totals.problems += torch.stack([lo < 0, hi >= self.num_classes, nan.any()])
-        return targets.clamp(0, self.num_classes - 1)
+    def _target_logp(self, logp: torch.Tensor, targets: torch.Tensor,
+                     top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(target) per sample, and the value checks: on the CPU a ValueError now (``gather``
+        checks the range itself); elsewhere counted on the device, the targets clamped so no kernel
+        reads out of bounds, and raised by the next read."""
+        c, cpu = self.num_classes, targets.device.type == "cpu"
+        if not cpu:
+            lo, hi = torch.aminmax(targets)
+            problems = torch.stack([lo < 0, hi >= c, top.isnan().any()]).long()
+            self._problems = problems if self._problems is None else self._problems + problems
+            targets = targets.clamp(0, c - 1)
+        try:
+            target_logp = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        except RuntimeError:
+            lo, hi = (int(v) for v in torch.aminmax(targets))
+            if 0 <= lo and hi < c:
+                raise
+            raise ValueError(f"targets must be class indices in [0, {c}), got values from {lo} to {hi}") from None
+        if cpu and math.isnan(float(top.sum())):  # NaN anywhere in a row makes its maximum NaN
+            rows = top.isnan().nonzero().flatten()
+            raise ValueError(f"outputs contain NaN (or +inf) in {len(rows)} of {len(top)} rows, "
+                             f"first in row {int(rows[0])}")
+        return targets, target_logp
 
     def _batch_indices(self, indices: Any, n: int, device: torch.device) -> torch.Tensor:
         if indices is None:
-            self._default_indices = True
             return torch.arange(self.samples, self.samples + n, device=device)
         index = torch.as_tensor(indices)
         if not _is_index_tensor(index) or tuple(index.shape) != (n,):
@@ -324,7 +371,8 @@ class FailureAnalyzer:
         counts only if both epochs saw it."""
         epoch = len(self.history) if epoch is None else epoch
         if not 2 <= epoch <= len(self.history):
-            raise ValueError(f"flips need two closed epochs (epoch 2..{len(self.history)}), got epoch {epoch}")
+            raise ValueError(f"flips need two closed epochs: epoch must be in 2..{len(self.history)} "
+                             f"({len(self.history)} closed by end_epoch()), got {epoch}")
         if to not in ("wrong", "right"):
             raise ValueError(f"to must be 'wrong' or 'right', got {to!r}")
         before, after = self.history[epoch - 2], self.history[epoch - 1]
@@ -337,14 +385,18 @@ class FailureAnalyzer:
 
     @property
     def device(self) -> torch.device | None:
-        return None if self._totals is None else self._totals.device
+        """Where the batches are (None before the first)."""
+        return self._device
 
     def _collect(self) -> None:
-        """Filter the pending per-sample records to failures: the one place that waits."""
+        """Filter the pending per-sample records to failures (the one place that waits), and merge
+        the rows set aside for the kept sets."""
+        self._merge_candidates()
         if not self._pending:
             return
         index, code, confidence, target_logp = (torch.cat(column).cpu().numpy() for column in zip(*self._pending))
         self._pending, self._pending_samples = [], 0
+        self._totals.add(code, confidence, target_logp, self.num_classes)
         true, predicted = np.divmod(code, self.num_classes)
         wrong = true != predicted
         self._seen = _union_runs(self._seen, _runs(np.unique(index)))
@@ -352,18 +404,17 @@ class FailureAnalyzer:
         self._failed = _Records.concat([self._failed, new])
 
     def _settle(self) -> None:
-        if self._totals is not None:
-            _raise_problems(self._totals.problems.cpu(), self._totals.device)
+        if self._problems is not None:
+            _raise_problems(self._problems.cpu(), self._device)
         self._collect()
 
     def _counts(self, name: str) -> np.ndarray:
         self._settle()
-        totals = self._totals or _Totals.zeros(self.num_classes, torch.device("cpu"))
-        return getattr(totals, name).cpu().numpy()
+        return getattr(self._totals, name)
 
     def confusion_matrix(self) -> torch.Tensor:
         """Counts, rows = true class, columns = predicted class (int64, on the CPU)."""
-        return torch.from_numpy(self._counts("confusion").reshape(self.num_classes, self.num_classes))
+        return torch.from_numpy(self._counts("confusion").reshape(self.num_classes, self.num_classes).copy())
 
     @property
     def errors(self) -> int:
@@ -381,8 +432,9 @@ class FailureAnalyzer:
         tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
         rows = []
         for c in range(self.num_classes):
-            rows.append({"class": self.label(c), "precision": _ratio(tp[c], predicted[c]), "recall": _ratio(tp[c], support[c]),
-                         "f1": _ratio(2 * tp[c], support[c] + predicted[c]), "support": int(support[c])})
+            rows.append({"class": self.label(c), "precision": _ratio(tp[c], predicted[c]),
+                         "recall": _ratio(tp[c], support[c]), "f1": _ratio(2 * tp[c], support[c] + predicted[c]),
+                         "support": int(support[c])})
         return rows
 
     def most_confused(self, k: int = 10) -> list[tuple[str | int, str | int, int]]:
@@ -400,8 +452,9 @@ class FailureAnalyzer:
         if not isinstance(n_bins, int) or n_bins < 1 or RESOLUTION % n_bins:
             raise ValueError(f"n_bins must divide {RESOLUTION} (the resolution the bins are kept at), got {n_bins}")
         pairs = self._counts("bins").reshape(n_bins, -1, 2).sum(1)
-        confidence = self._counts("bin_confidence").astype(np.float64).reshape(n_bins, -1).sum(1)
-        return {"edges": np.linspace(0, 1, n_bins + 1), "count": pairs.sum(1), "correct": pairs[:, 1], "confidence": confidence}
+        confidence = self._counts("bin_confidence").reshape(n_bins, -1).sum(1)
+        edges = np.linspace(0, 1, n_bins + 1)
+        return {"edges": edges, "count": pairs.sum(1), "correct": pairs[:, 1], "confidence": confidence}
 
     def calibration_error(self, n_bins: int = 15) -> float:
         """Expected calibration error of the top-class probability: sum over equal-width bins of
@@ -424,9 +477,10 @@ class FailureAnalyzer:
         self._settle()
         key = self._failed.loss if by == "loss" else self._failed.confidence
         ranked = self._failed.take(np.lexsort((self._failed.index, -key))[:k]).failures()
-        if by in self._kept:
-            inputs = self._kept[by].inputs.cpu()
-            ranked[: self.keep] = [Failure(f.index, f.true, f.predicted, f.confidence, f.loss, inputs[i]) for i, f in enumerate(ranked[: self.keep])]
+        if self._kept is not None:
+            inputs = self._kept.inputs_by(by).cpu()
+            for i, f in enumerate(ranked[: self.keep]):
+                ranked[i] = Failure(f.index, f.true, f.predicted, f.confidence, f.loss, inputs[i])
         return ranked
 
     def label_issues(self, k: int | None = None) -> list[Failure]:
@@ -435,7 +489,7 @@ class FailureAnalyzer:
         (confident learning, Northcutt et al. 2021), ranked by self-confidence, lowest first."""
         support = self.confusion_matrix().numpy().sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            threshold = self._counts("self_confidence").astype(np.float64) / support  # NaN: nobody has that label
+            threshold = self._counts("self_confidence") / support  # NaN: nobody has that label
         failed = self._failed
         confident = failed.confidence >= threshold[failed.predicted]
         order = np.lexsort((failed.index, -failed.loss))
@@ -452,14 +506,17 @@ class FailureAnalyzer:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2 or self._merged:
             return self
         self._collect()
-        comm = torch.device("cpu") if dist.get_backend() == "gloo" else torch.device("cuda", torch.cuda.current_device())
-        home = self.device or comm
-        totals = self._totals or _Totals.zeros(self.num_classes, home)
-        extra = torch.tensor([self.samples, int(self._default_indices)], device=home)
-        ints = [totals.confusion, totals.bins, totals.problems, extra]
-        reals = [totals.bin_confidence, totals.self_confidence]
-        ints, reals = _all_reduce(ints, comm), _all_reduce(reals, comm)
-        self._totals = _Totals(*(t.to(home) for t in (ints[0], ints[1], reals[0], reals[1], ints[2])))
+        gloo = dist.get_backend() == "gloo"
+        comm = torch.device("cpu") if gloo else torch.device("cuda", torch.cuda.current_device())  # nccl
+        home = self._device if self._device is not None else comm
+        totals = self._totals
+        problems = torch.zeros(len(PROBLEMS), dtype=torch.int64) if self._problems is None else self._problems.cpu()
+        extra = torch.tensor([self.samples, int(self._default_indices)])
+        ints = [torch.from_numpy(totals.confusion), torch.from_numpy(totals.bins), problems, extra]
+        reals = [torch.from_numpy(totals.bin_confidence), torch.from_numpy(totals.self_confidence)]
+        ints, reals = ([t.cpu().numpy() for t in _all_reduce(group, comm)] for group in (ints, reals))
+        self._totals = _Totals(ints[0], ints[1], reals[0], reals[1])
+        self._problems = torch.from_numpy(ints[2])
         self.samples, default_indices = (int(v) for v in ints[3])
         index_columns = np.stack([self._failed.index, self._failed.true, self._failed.predicted], 1)
         real_columns = np.stack([self._failed.confidence, self._failed.loss], 1)
@@ -470,7 +527,7 @@ class FailureAnalyzer:
         self._seen = _union_runs(seen, np.empty((0, 2), np.int64))
         self._sync_kept(comm, home)
         self._merged = True
-        _raise_problems(self._totals.problems.cpu(), "the processes' devices")
+        _raise_problems(self._problems, "the processes' devices")
         if default_indices:
             warnings.warn("sync(): some batches had no indices, so failure indices count per process; "
                           "pass indices= to update() to identify samples across processes", stacklevel=2)
@@ -490,17 +547,15 @@ class FailureAnalyzer:
         shape, dtype = spec
         like = torch.zeros((1, *shape), dtype=getattr(torch, dtype), device=home)
         self._with_inputs = True
-        for by in RANKINGS:
-            kept = self._kept.get(by) or _Kept.empty(self.keep, like)
-            key, index, inputs = (torch.cat(_gather_rows(t, comm)).to(home) for t in (kept.key, kept.index, kept.inputs))
-            order = _top(self.keep, key, index)
-            self._kept[by] = _Kept(key[order], index[order], inputs[order])
+        kept = self._kept if self._kept is not None else _Kept.empty(self.keep, like)
+        columns = [[t.to(home) for t in _gather_rows(c, comm)] for c in (kept.key, kept.index, kept.inputs)]
+        self._kept = _Kept.combine([_Kept(*part) for part in zip(*columns)])
 
     def _input_spec(self) -> tuple[tuple[int, ...], str] | None:
-        if not self._kept:
+        if self._kept is None:
             return None
-        inputs = self._kept[RANKINGS[0]].inputs
-        return tuple(inputs.shape[1:]), str(inputs.dtype).removeprefix("torch.")
+        inputs = self._kept.inputs
+        return tuple(inputs.shape[1:]), _dtype(inputs)
 
     # -- reports ---------------------------------------------------------------------------------
 
@@ -519,7 +574,8 @@ class FailureAnalyzer:
             "confusion_matrix": self.confusion_matrix().tolist(),
             "per_class": per_class,
             "macro": {m: float(np.mean([row[m] for row in per_class])) for m in ("precision", "recall", "f1")},
-            "most_confused": [{"true": t, "predicted": p, "count": n} for t, p, n in self.most_confused(self.num_classes**2)],
+            "most_confused": [{"true": t, "predicted": p, "count": n}
+                              for t, p, n in self.most_confused(self.num_classes**2)],
             "label_issues": [f.index for f in self.label_issues()],
             "failures": [f.to_dict() for f in self.failures] if failures else None,
             "history": [record.to_dict() for record in self.history],
@@ -538,7 +594,8 @@ class FailureAnalyzer:
         writer.writerow(header)
         for f in self.failures:
             names = [self.label(f.true), self.label(f.predicted)] if self.class_names else []
-            writer.writerow([f.index, f.true, f.predicted, *names, repr(f.confidence), repr(f.self_confidence), repr(f.loss)])
+            numbers = [repr(f.confidence), repr(f.self_confidence), repr(f.loss)]
+            writer.writerow([f.index, f.true, f.predicted, *names, *numbers])
 
     def __rich__(self) -> Any:
         return failure_report(self)
@@ -567,7 +624,8 @@ class FailureHook:
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if self._output is not None:
-            raise ValueError("the model ran twice without targets for the first output: call hook.targets(y) for every forward")
+            raise ValueError("the model ran twice without targets for the first output: "
+                             "call hook.targets(y) for every forward")
         inputs = args[0] if self._keep_inputs and args and isinstance(args[0], torch.Tensor) else None
         self._output = (self._select(output).detach(), None if inputs is None else inputs.detach())
         self._pair()
@@ -612,7 +670,8 @@ def analyze_failures(model: nn.Module, loader: Iterable[Any], num_classes: int |
         model.eval()
         for batch in loader:
             if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-                raise ValueError(f"each batch must be (inputs, targets) or (inputs, targets, indices), got {_describe(batch)}")
+                raise ValueError("each batch must be (inputs, targets) or (inputs, targets, indices), "
+                                 f"got {_describe(batch)}")
             x, y, index = (*batch, None)[:3]
             x = x.to(device, non_blocking=True)
             outputs = select(model(x))
@@ -657,7 +716,7 @@ def _current_report(analyzer: FailureAnalyzer, rows: int) -> Group:
     for column in ("Class", "Support", "Precision", "Recall", "F1"):
         table.add_column(column, justify="left" if column == "Class" else "right")
     for row in per_class:
-        table.add_row(str(row["class"]), f"{row['support']:,}", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}")
+        table.add_row(str(row["class"]), f"{row['support']:,}", *(f"{row[m]:.4f}" for m in ("precision", "recall", "f1")))
     parts.append(table)
     pairs = analyzer.most_confused(rows)
     if pairs:
@@ -671,7 +730,8 @@ def _current_report(analyzer: FailureAnalyzer, rows: int) -> Group:
         for column in ("Index", "True", "Predicted", "Confidence", "Loss"):
             table.add_column(column, justify="right")
         for f in analyzer.worst("loss", rows):
-            table.add_row(str(f.index), str(analyzer.label(f.true)), str(analyzer.label(f.predicted)), f"{f.confidence:.3f}", f"{f.loss:.3f}")
+            table.add_row(str(f.index), str(analyzer.label(f.true)), str(analyzer.label(f.predicted)),
+                          f"{f.confidence:.3f}", f"{f.loss:.3f}")
         parts.append(table)
         issues = analyzer.label_issues()
         shown = ", ".join(str(f.index) for f in issues[:rows]) + (", …" if len(issues) > rows else "")
@@ -732,6 +792,11 @@ def _in_runs(values: np.ndarray, runs: np.ndarray) -> np.ndarray:
     return (row >= 0) & (values < runs[np.maximum(row, 0), 1]) if len(runs) else np.zeros(len(values), bool)
 
 
+def _reads_are_free(device: torch.device) -> bool:
+    """Reading a value waits for the device everywhere but on the CPU."""
+    return device.type == "cpu"
+
+
 def _first_tensor(output: Any) -> torch.Tensor:
     """The logits of a module's output: the tensor itself, or the first tensor in a tuple/list/dict."""
     if isinstance(output, torch.Tensor):
@@ -744,13 +809,19 @@ def _first_tensor(output: Any) -> torch.Tensor:
 
 
 def _is_index_tensor(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    if not isinstance(value, torch.Tensor):
+        return False
+    return not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
 
 
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
-        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+        return f"a {_dtype(value)} tensor of shape {tuple(value.shape)}"
     return f"a {type(value).__name__}"
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
 
 
 def _ratio(a: float, b: float) -> float:

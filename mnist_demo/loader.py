@@ -1,0 +1,31 @@
+"""The reference pipeline: the seed's per-sample torchvision transforms in DataLoader workers."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mnist_demo.augment import AugmentConfig, torchvision_transform
+from mnist_demo.data import Split
+
+
+class PilImages(Dataset):
+    """MNIST digits as PIL images through a torchvision transform, as the seed's notebook fed them."""
+
+    def __init__(self, split: Split, transform: object) -> None:
+        self.images, self.labels, self.transform = split.images, split.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = Image.fromarray(self.images[index].numpy(), mode="L")
+        return self.transform(image), self.labels[index]
+
+
+def torchvision_loader(split: Split, cfg: AugmentConfig, batch_size: int, generator: torch.Generator, workers: int) -> DataLoader:
+    return DataLoader(
+        PilImages(split, torchvision_transform(cfg)), batch_size=batch_size, shuffle=True, generator=generator,
+        num_workers=workers, persistent_workers=workers > 0, drop_last=False,
+    )

@@ -1,0 +1,288 @@
+"""The recipe's training loop, with torchprobe attached: summary before, progress during,
+failure analysis after each epoch, the official test set at the end."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+import torchprobe
+from mnist_demo.augment import MEAN, STD, BatchedAugment, normalize, to_unit
+from mnist_demo.data import MnistData, Split
+from mnist_demo.model import Net
+from mnist_demo.recipe import Recipe
+from mnist_demo.report import write_report
+from mnist_demo.run import CHECKPOINT, METRICS, MODEL, load_tensors, save_json, save_tensors
+from torchprobe.failures import FailureAnalyzer
+from torchprobe.report import render_text, summary_table
+
+EVAL_BATCH = 1000
+NUM_CLASSES = 10
+
+
+@dataclass
+class TrainConfig:
+    recipe: Recipe
+    out: Path
+    seed: int = 1
+    device: str = "auto"
+    augment: str = "batched"  # or "torchvision"
+    workers: int = 2
+    limit: int | None = None  # train on the first N training images only (quick runs, tests)
+    resume: bool = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def build_model(recipe: Recipe) -> Net:
+    return Net(dropout_scale=recipe.dropout_scale, logit_relu=recipe.logit_relu)
+
+
+def clean_batches(split: Split, device: torch.device, size: int = EVAL_BATCH) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised, un-augmented batches in order."""
+    for start in range(0, len(split.labels), size):
+        x = split.images[start : start + size].to(device)
+        yield normalize(to_unit(x)), split.labels[start : start + size].to(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, device: torch.device, analyzer: Any = None) -> dict[str, float]:
+    """Mean NLL and accuracy; every batch also goes to ``analyzer`` (a FailureAnalyzer) if given."""
+    model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    offset = 0
+    for x, y in clean_batches(split, device):
+        out = model(x)
+        loss += F.nll_loss(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+        if analyzer is not None:
+            analyzer.update(out, y, inputs=x, indices=torch.arange(offset, offset + len(y), device=device))
+        offset += len(y)
+    n = len(split.labels)
+    return {"loss": loss.item() / n, "accuracy": correct.item() / n}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, batches: int = 50) -> None:
+    """Re-estimate BatchNorm running statistics on clean images: training saw augmented ones.
+    Dropout stays off, so the statistics are those the evaluation will see."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+        m.train()
+    try:
+        for i, (x, _) in enumerate(clean_batches(split, device)):
+            if i == batches:
+                break
+            model(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.eval()
+
+
+class Trainer:
+    """Owns the model, optimiser, schedule and random streams of one run; saves and resumes them."""
+
+    def __init__(self, config: TrainConfig, data: MnistData, console: Console) -> None:
+        self.config, self.data, self.console = config, data, console
+        self.recipe = config.recipe
+        self.device = pick_device(config.device)
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.train_split = _limited(data.train, config.limit)
+        self.model = build_model(self.recipe).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=self.recipe.max_lr / 25, momentum=self.recipe.momentum,
+            weight_decay=self.recipe.weight_decay,
+        )
+        self.steps_per_epoch = math.ceil(len(self.train_split.labels) / self.recipe.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=self.recipe.max_lr, epochs=self.recipe.epochs, steps_per_epoch=self.steps_per_epoch
+        )
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "history": self.history, "recipe": self.recipe.to_dict(),
+            "seed": self.config.seed,
+        }
+
+    def save(self) -> None:
+        save_tensors(self.state(), self.config.out / CHECKPOINT)
+
+    def restore(self) -> None:
+        state = load_tensors(self.config.out / CHECKPOINT)
+        if state["recipe"] != self.recipe.to_dict() or state["seed"] != self.config.seed:
+            raise ValueError(f"{self.config.out / CHECKPOINT} was written by another recipe or seed")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history, self.epoch = list(state["history"]), int(state["epoch"])
+
+    # -- one epoch ------------------------------------------------------------------------------
+
+    def train_epoch(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], progress: Progress, task: Any) -> dict[str, float]:
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for step, (x, y) in enumerate(batches, 1):
+            out = self.model(x)
+            loss = F.nll_loss(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (out.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if step % 25 == 0 or step == self.steps_per_epoch:  # one device sync per 25 steps
+                progress.update(task, completed=step, loss=loss_sum.item() / seen, acc=correct.item() / seen,
+                                lr=self.scheduler.get_last_lr()[0])
+        return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
+
+    def batched_epoch(self, augment: BatchedAugment) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole training set lives on the device; each epoch is one permutation of it."""
+        images = self.train_split.images.to(self.device).unsqueeze(1)
+        labels = self.train_split.labels.to(self.device)
+        order = torch.randperm(len(labels), generator=self.generator).to(self.device)
+        for start in range(0, len(labels), self.recipe.batch_size):
+            idx = order[start : start + self.recipe.batch_size]
+            yield augment(images[idx]), labels[idx]
+
+
+def _limited(split: Split, limit: int | None) -> Split:
+    return split if limit is None else Split(split.images[:limit], split.labels[:limit])
+
+
+def progress_bar(console: Console) -> Progress:
+    return Progress(
+        TextColumn("epoch {task.fields[epoch]:>2}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}  lr {task.fields[lr]:.4f}"),
+        TimeRemainingColumn(), console=console, transient=True,
+    )
+
+
+def run_training(config: TrainConfig, data: MnistData, console: Console | None = None) -> dict[str, Any]:
+    """Train, evaluate and write the run folder; returns the final metrics."""
+    console = console or Console()
+    config.out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, data, console)
+    if config.resume:
+        trainer.restore()
+        console.print(f"resumed {config.out} after epoch {trainer.epoch}")
+    summary = torchprobe.summary(trainer.model, (1, 28, 28))
+    (config.out / "summary.txt").write_text(render_text(summary))
+    console.print(summary_table(summary))
+    augment = BatchedAugment(trainer.recipe.augment, generator=trainer.generator)
+    _write_samples(trainer, config.out)
+    loader = None
+    if config.augment == "torchvision":
+        from mnist_demo.loader import torchvision_loader
+
+        loader = torchvision_loader(trainer.train_split, trainer.recipe.augment, trainer.recipe.batch_size, trainer.generator, config.workers)
+    watcher = FailureAnalyzer(NUM_CLASSES, keep=0)  # per-epoch failures and flips, no inputs kept
+    with progress_bar(console) as progress:
+        while trainer.epoch < trainer.recipe.epochs:
+            epoch = trainer.epoch + 1
+            task = progress.add_task("train", total=trainer.steps_per_epoch, epoch=epoch, loss=0.0, acc=0.0,
+                                     lr=trainer.scheduler.get_last_lr()[0])
+            started = time.perf_counter()
+            lr = trainer.scheduler.get_last_lr()[0]
+            batches = trainer.batched_epoch(augment) if loader is None else _to_device(loader, trainer.device)
+            train = trainer.train_epoch(batches, progress, task)
+            seconds = time.perf_counter() - started
+            progress.remove_task(task)
+            if trainer.recipe.recalibrate_bn:
+                recalibrate_batchnorm(trainer.model, trainer.train_split, trainer.device)
+            val = evaluate(trainer.model, data.val, trainer.device, watcher)
+            closed = watcher.end_epoch()
+            flips = len(watcher.flips()) if len(watcher.history) >= 2 else 0
+            trainer.epoch = epoch
+            trainer.history.append({
+                "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_errors": closed.errors,
+                "val_calibration_error": closed.calibration_error, "flipped_to_wrong": flips,
+                "lr": lr, "epoch_seconds": seconds,
+            })
+            console.print(
+                f"epoch {epoch:>2}  train loss {train['loss']:.4f} acc {train['accuracy']:.4f}  "
+                f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  errors {closed.errors} "
+                f"({flips} newly wrong)  {seconds:.1f}s"
+            )
+            trainer.save()
+            save_json(_metrics(config, data, trainer), config.out / METRICS)
+    final = FailureAnalyzer(NUM_CLASSES, keep=32)
+    evaluate(trainer.model, data.val, trainer.device, final)
+    test = evaluate(trainer.model, data.test, trainer.device)
+    console.print(final)
+    console.print(f"official test set: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}")
+    metrics = _metrics(config, data, trainer, test)
+    metrics["val_failures"] = final.to_dict(failures=False)
+    save_json(metrics, config.out / METRICS)
+    save_tensors(trainer.model.state_dict(), config.out / MODEL)
+    final.to_csv(config.out / "val_failures.csv")
+    _write_pictures(trainer.history, final, config.out)
+    write_report(config.out, metrics, final, render_text(summary))
+    return metrics
+
+
+def _write_pictures(history: list[dict[str, Any]], analyzer: FailureAnalyzer, out: Path) -> None:
+    from torchprobe import plots
+
+    from mnist_demo.pictures import curves
+
+    curves(history, out / "curves.png")
+    for name, figure in (("failures.png", plots.gallery(analyzer, "loss", 32, mean=MEAN, std=STD)),
+                         ("confusion.png", plots.confusion(analyzer))):
+        figure.savefig(out / name)
+
+
+def _to_device(loader: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def _write_samples(trainer: Trainer, out: Path, count: int = 32) -> None:
+    """A picture of what the network trains on (its own generator: the run's streams are untouched)."""
+    from mnist_demo.pictures import samples
+
+    preview = BatchedAugment(trainer.recipe.augment, generator=torch.Generator().manual_seed(0))
+    images = trainer.train_split.images[:count].unsqueeze(1).to(trainer.device)
+    samples(preview(images), trainer.train_split.labels[:count], out / "samples.png")
+
+
+def _metrics(config: TrainConfig, data: MnistData, trainer: Trainer, test: dict[str, float] | None = None) -> dict[str, Any]:
+    return {
+        "recipe": trainer.recipe.to_dict(), "seed": config.seed, "augment": config.augment,
+        "device": str(trainer.device), "data": data.source, "data_sha256": data.sha256,
+        "train_images": len(trainer.train_split.labels), "history": trainer.history, "test": test,
+    }
