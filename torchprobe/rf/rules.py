@@ -133,7 +133,8 @@ def merge(tensors: Sequence[torch.Tensor], states: Sequence[RFState | None], out
     An operand broadcast along an axis (size 1 there) brings the same span to every unit: that is
     how squeeze-excitation makes the RF global. Operands whose unit grids differ are misaligned.
     """
-    known = [(t, s) for t, s in zip(tensors, states) if s is not None]
+    distinct = {(tuple(t.shape), s): t for t, s in zip(tensors, states) if s is not None}  # DenseNet cats many alike
+    known = [(t, s) for (_, s), t in distinct.items()]
     if not known:
         return None
     unknown = _first_unknown([s for _, s in known])
