@@ -29,6 +29,17 @@ class ModuleCall:
     def type(self) -> str:
         return type(self.module).__name__
 
+    @property
+    def leaf(self) -> bool:
+        """No submodules: the call's row sums up everything it did."""
+        return next(self.module.children(), None) is None
+
+
+def shows_its_ops(owner: ModuleCall | None) -> bool:
+    """Functional ops get rows of their own when the root or a composite module calls them; inside
+    a leaf module (``F.conv2d`` in ``nn.Conv2d``) the module's own row already says it."""
+    return owner is None or owner.depth == 0 or not owner.leaf
+
 
 @dataclass
 class OpCall:

@@ -73,6 +73,13 @@ def unseen(axis: int, m: AxisMap) -> str | None:
     return f"on axis {axis} pixel(s) {' and '.join(parts)} reach no unit (dropped by a strided layer)" if parts else None
 
 
+def fallback_note(result: RFResult | ShapeTrace | ModelSummary) -> list[Text]:
+    """Say so when the meta device could not run the model and real tensors were used."""
+    if not result.fallback_reason:
+        return []
+    return [Text(f"ran on {result.device}: the meta device failed ({result.fallback_reason})", style="yellow")]
+
+
 def rf_table(result: RFResult, depth: int | None = None) -> Group:
     table = Table(title=f"Receptive field, input {shape_text(result.input_shape)}", title_justify="left")
     for column, justify in (("Layer", "left"), ("Type", "left"), ("Output shape", "left"), ("RF", "right"), ("Jump", "right"), ("Start", "right")):
@@ -96,8 +103,7 @@ def rf_table(result: RFResult, depth: int | None = None) -> Group:
         parts.append(Text("* non-uniform: units differ in span; RF is the widest, start is unit 0's", style="dim"))
     if any(not l.aligned for l in result.layers):
         parts.append(Text("! misaligned merge: branches with different unit grids; spans are their union", style="dim"))
-    if result.fallback_reason:
-        parts.append(Text(f"ran on {result.device}: the meta device failed ({result.fallback_reason})", style="yellow"))
+    parts += fallback_note(result)
     parts += [Text(f"note: {d}", style="yellow") for d in result.diagnostics]
     return Group(*parts)
 
@@ -127,8 +133,7 @@ def trace_table(trace: ShapeTrace, depth: int | None = None) -> Group:
     parts: list[Any] = [table]
     if trace.diagnosis is not None:
         parts += [Text(line, style="bold red" if i == 0 else "") for i, line in enumerate(trace.diagnosis.lines())]
-    if trace.fallback_reason:
-        parts.append(Text(f"ran on {trace.device}: the meta device failed ({trace.fallback_reason})", style="yellow"))
+    parts += fallback_note(trace)
     return Group(*parts)
 
 
@@ -174,8 +179,7 @@ def summary_table(summary: ModelSummary, depth: int | None = None, debug: bool =
         if debug:
             parts += [Text(step) for step in rf_steps(summary.rf)]
         parts += [Text(f"note: {d}", style="yellow") for d in summary.rf.diagnostics]
-    if summary.fallback_reason:
-        parts.append(Text(f"ran on {summary.device}: the meta device failed ({summary.fallback_reason})", style="yellow"))
+    parts += fallback_note(summary)
     return Group(*parts)
 
 

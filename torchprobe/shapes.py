@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe
+from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe, shows_its_ops
 from torchprobe.trace import tensors_in
 
 SHAPES_SCHEMA = "torchprobe.trace/1"
@@ -126,9 +126,8 @@ class ShapeProbe(Probe):
     def module_exit(self, call: ModuleCall) -> None:
         row = self._open.pop(id(call))
         row.outputs, row.status = describe(call.output), "ok"
-        is_leaf = not any(True for _ in call.module.children())
         for t in tensors_in(call.output):
-            if is_leaf or t not in self.producers:  # a container hands on what a child made
+            if call.leaf or t not in self.producers:  # a container hands on what a child made
                 self.producers[t] = f"{row.label} ({row.type})"
 
     def function(self, op: OpCall) -> None:
@@ -137,7 +136,7 @@ class ShapeProbe(Probe):
         label = f"{op.name} in {owner.name or '(model)'}" if owner is not None else op.name
         for t in tensors_in(op.output):
             self.producers.setdefault(t, label)
-        if self.ops and (owner is None or owner.depth == 0 or any(True for _ in owner.module.children())):
+        if self.ops and shows_its_ops(owner):
             name = f"{owner.name}.{op.name}" if owner is not None and owner.name else op.name
             self.rows.append(
                 CallRow(name, op.name, (owner.depth + 1) if owner else 0, 0, "op",

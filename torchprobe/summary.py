@@ -7,7 +7,6 @@ come from PyTorch's own ``FlopCounterMode`` (read before and after each call), n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,7 +142,7 @@ class ModelSummary:
             if depth is not None and call.depth > depth:
                 continue
             folded = depth is not None and call.depth == depth
-            held = list(_unique(call.module.parameters() if folded else call.module.parameters(recurse=False)))
+            held = list(call.module.parameters(recurse=folded))  # each tensor once, as torch yields them
             new = [p for p in held if id(p) not in counted]
             counted.update(id(p) for p in new)
             flops = call.flops if folded else call.flops - child_flops.get(index, 0)
@@ -186,10 +185,3 @@ class ModelSummary:
 
         return render_text(self)
 
-
-def _unique(params: Iterator[nn.Parameter]) -> Iterator[nn.Parameter]:
-    seen: set[int] = set()
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            yield p

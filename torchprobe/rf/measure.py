@@ -124,13 +124,18 @@ class _AveragingMode(TorchFunctionMode):
         if name in PASSED_THROUGH:
             return args[0] if args else kwargs["input"]
         if name.startswith("max_pool"):
-            pooled = _average_pool(*args, **kwargs)
-            return (pooled, torch.zeros_like(pooled, dtype=torch.long)) if "indices" in name or kwargs.get("return_indices") else pooled
+            return _with_indices(_average_pool(*args, **kwargs), name, kwargs)
         if name.startswith("adaptive_max_pool"):
             n = int(name.removesuffix("_with_indices")[-2])
             pooled = getattr(F, f"adaptive_avg_pool{n}d")(args[0], args[1] if len(args) > 1 else kwargs["output_size"])
-            return (pooled, torch.zeros_like(pooled, dtype=torch.long)) if "indices" in name or kwargs.get("return_indices") else pooled
+            return _with_indices(pooled, name, kwargs)
         return func(*args, **kwargs)
+
+
+def _with_indices(pooled: torch.Tensor, name: str, kwargs: dict[str, Any]) -> Any:
+    """A max pool asked for its indices returns a pair; the stand-in's indices are never used."""
+    wants = "indices" in name or kwargs.get("return_indices")
+    return (pooled, torch.zeros_like(pooled, dtype=torch.long)) if wants else pooled
 
 
 def _average_pool(

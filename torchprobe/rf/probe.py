@@ -10,7 +10,7 @@ import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from torchprobe.errors import RFError, UsageError
-from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe
+from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe, shows_its_ops
 from torchprobe.rf.rules import RULES, RuleContext, RuleResult
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
 from torchprobe.trace import tensors_in
@@ -81,7 +81,7 @@ class RFProbe(Probe):
         self.records[self._slots.pop(id(call))] = LayerRecord(
             call.name, call.type, call.call, call.depth, "module",
             tuple(outputs[0].shape) if outputs else None, self._primary_state(outputs),
-            leaf=not any(True for _ in call.module.children()),
+            leaf=call.leaf,
         )
 
     def function(self, op: OpCall) -> None:
@@ -148,7 +148,7 @@ class RFProbe(Probe):
         """A functional op gets its own row when a composite module calls it directly and it
         changes the RF (or merges branches); a leaf module's own ops are summed up by its row."""
         owner = op.owner
-        if owner is not None and owner.depth > 0 and not any(True for _ in owner.module.children()):
+        if not shows_its_ops(owner):
             return
         known = [s for s in in_states if s is not None]
         state = result[0] if isinstance(result, (list, tuple)) else result
