@@ -525,10 +525,11 @@ class GraphGen:
         if not factors:
             return None
         r = self.pick(factors)
-        layers: list[nn.Module] = []
-        if shape.channels % (r * r):
-            layers.append(nn.Conv2d(shape.channels, r * r, 1))
-            shape = Shape(r * r, shape.sizes)
+        # a channel-mixing conv first, always: the analysis does not track which channel holds
+        # which sub-position, so an unshuffle undone by this shuffle would be an over-estimate
+        # (test_pixel_shuffle_undoing_an_unshuffle_is_an_over_estimate)
+        layers: list[nn.Module] = [nn.Conv2d(shape.channels, r * r, 1)]
+        shape = Shape(r * r, shape.sizes)
         layers.append(nn.PixelShuffle(r) if self.b() else Fn(Call("pixel_shuffle", (r,))))
         return layers, Shape(shape.channels // (r * r), tuple(x * r for x in shape.sizes))
 

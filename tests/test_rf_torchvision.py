@@ -252,7 +252,7 @@ def test_resnet50_body_rf_measured_unclipped() -> None:
 
 def test_inception_functional_max_pool_branch_alone() -> None:
     """Mixed_6a = cat(branch3x3, branch3x3dbl, F.max_pool2d(x)): with the two conv branches'
-    outputs multiplied by zero, the gradient reaches the input only through the functional max pool,
+    outputs replaced by zeros, the gradient reaches the input only through the functional max pool,
     whose RF (143) is narrower than the block's (159), so its own row is checked."""
     case = CASES["inception_v3"]
     result = analytic("inception_v3", case.size)
@@ -260,7 +260,7 @@ def test_inception_functional_max_pool_branch_alone() -> None:
     assert pool.kind == "op"
     assert pool.rf[1] == 143 < result.layer("Mixed_6a").rf[1] == 159
     model = build("inception_v3")
-    handles = [model.get_submodule(f"Mixed_6a.{b}").register_forward_hook(lambda m, a, out: out * 0)
+    handles = [model.get_submodule(f"Mixed_6a.{b}").register_forward_hook(lambda m, a, out: torch.zeros_like(out))
                for b in ("branch3x3", "branch3x3dbl_3")]
     try:
         for unit in units(pool):

@@ -11,7 +11,6 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.result import LayerRF, RFResult
 from torchprobe.shapes import ShapeTrace, spec_text
 from torchprobe.summary import ModelSummary
@@ -62,15 +61,24 @@ def verdict(result: RFResult) -> str:
     rf = axes_text(out.rf)
     if all(out.is_global):
         return f"Receptive field of the output: {rf} on a {size} input: global."
-    partial = [unseen(a, m) or f"on axis {a} not every unit covers all {m.size} pixels" for a, (m, covered) in enumerate(zip(out.maps, out.is_global)) if not covered]
+    partial = [unseen(out, a) or f"on axis {a} not every unit covers all {m.size} pixels" for a, (m, covered) in enumerate(zip(out.maps, out.is_global)) if not covered]
     return f"Receptive field of the output: {rf} on a {size} input: not global ({'; '.join(partial)})."
 
 
-def unseen(axis: int, m: AxisMap) -> str | None:
-    """Pixels no unit can see: dropped by floor division in a strided layer without padding."""
-    lo, hi = m.visible
-    parts = ([f"0..{lo - 1}"] if lo > 0 else []) + ([f"{hi + 1}..{m.size - 1}" if hi + 1 < m.size - 1 else f"{hi + 1}"] if hi < m.size - 1 else [])
-    return f"on axis {axis} pixel(s) {' and '.join(parts)} reach no unit (dropped by a strided layer)" if parts else None
+def unseen(layer: LayerRF, axis: int) -> str | None:
+    """Border pixels no unit can see (floor division in an unpadded strided layer drops some)."""
+    pixels = layer.seen(axis)
+    if pixels is None:
+        return f"on axis {axis} no unit sees any pixel"
+    lo, hi = pixels
+    size = layer.maps[axis].size
+    parts = [_pixels(0, lo - 1)] if lo > 0 else []
+    parts += [_pixels(hi + 1, size - 1)] if hi < size - 1 else []
+    return f"on axis {axis} pixel(s) {' and '.join(parts)} reach no unit" if parts else None
+
+
+def _pixels(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}..{last}"
 
 
 def fallback_note(result: RFResult | ShapeTrace | ModelSummary) -> list[Text]:

@@ -6,6 +6,10 @@ convolutions and pools keep ``period == 1`` (the textbook rf / jump / start numb
 convolutions, upsampling and misaligned merges need a longer period, and adaptive pooling may need
 an explicit table (``period`` = the number of units). Indices outside ``[0, n)`` extend the grid,
 which is the usual convention that padding positions belong to the receptive field.
+
+Next to that convention every map carries its factors of the tensor's support
+(:mod:`torchprobe.rf.support`): what each real unit actually depends on, padding reading nothing.
+They answer the per-unit questions (a unit's pixels, "global") exactly.
 """
 
 from __future__ import annotations
@@ -15,71 +19,88 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
+import numpy as np
+
+from torchprobe.rf.support import Support, taps_of_rows
+
+Span = tuple[int | None, int | None]
+
 
 @dataclass(frozen=True)
 class AxisMap:
     """Spans of the units of one tensor axis, in coordinates of one input axis of ``size`` pixels.
 
     ``lo[r] is None`` marks units that depend on no input pixel (a transposed conv with a kernel
-    smaller than its stride leaves such holes).
+    smaller than its stride leaves such holes). ``terms[t]`` is factor ``t`` of the tensor's
+    support along this axis, one entry per real unit (``units`` of them).
     """
 
     period: int
-    shift: Fraction
+    shift: int
     lo: tuple[int | None, ...]
     hi: tuple[int | None, ...]
     size: int
-    reach: tuple[int, int] | None = None  # input pixels some unit can really see (None: all)
+    units: int
+    terms: tuple[Support, ...]
 
     @classmethod
     def identity(cls, size: int) -> AxisMap:
         """The network input: unit ``i`` is pixel ``i``."""
-        return cls(1, Fraction(1), (0,), (0,), size)
+        return cls(1, 1, (0,), (0,), size, size, (Support.identity(size),))
 
     @classmethod
-    def constant(cls, lo: int | None, hi: int | None, size: int) -> AxisMap:
-        """Every unit spans the same interval: the axis was reduced or broadcast."""
-        return cls(1, Fraction(0), (lo,), (hi,), size)
-
-    @classmethod
-    def from_table(cls, spans: Sequence[tuple[int | None, int | None]], shift: Fraction, size: int) -> AxisMap:
+    def from_table(cls, spans: Sequence[Span], shift: int, size: int, units: int, terms: tuple[Support, ...]) -> AxisMap:
         """One exact period of spans (unit ``r + period`` is unit ``r`` moved by ``shift``), stored
         with the shortest period that reproduces it."""
         lo = tuple(s[0] for s in spans)
         hi = tuple(s[1] for s in spans)
-        return cls(len(spans), Fraction(shift), lo, hi, size)._shortest()
+        return cls(len(spans), shift, lo, hi, size, units, terms)._shortest()
 
     @classmethod
-    def from_units(cls, spans: Sequence[tuple[int | None, int | None]], size: int, beyond: Fraction) -> AxisMap:
+    def from_units(cls, spans: Sequence[Span], size: int, beyond: Fraction, terms: tuple[Support, ...]) -> AxisMap:
         """Spans of *every* unit of a tensor axis. Finds the shortest periodic description of them;
-        if there is none, ``beyond`` is the shift that places the virtual units outside the tensor
-        (padding positions of a later layer)."""
+        if there is none, the units repeat ``beyond`` pixels further on outside the tensor (the
+        convention for padding positions of a later layer)."""
         lo = tuple(s[0] for s in spans)
         hi = tuple(s[1] for s in spans)
         for p in range(1, len(spans)):
             step = _step(lo, hi, p)
             if step is not None:
-                return cls(p, Fraction(step), lo[:p], hi[:p], size)
-        return cls(len(spans), Fraction(beyond), lo, hi, size)
+                return cls(p, step, lo[:p], hi[:p], size, len(spans), terms)
+        return cls(len(spans), math.ceil(beyond), lo, hi, size, len(spans), terms)
+
+    @classmethod
+    def concatenated(cls, parts: Sequence[tuple[AxisMap | None, int]], size: int) -> AxisMap:
+        """Units of ``(map, units)`` parts one after the other (``torch.cat`` along the axis); a
+        part without a map depends on no pixel. Each part's terms stay terms, read nothing
+        outside the part's own units."""
+        spans: list[Span] = []
+        terms = []
+        before = 0
+        total = sum(units for _, units in parts)
+        for m, units in parts:
+            spans += [m.span(u) or (None, None) for u in range(units)] if m else [(None, None)] * units
+            for term in m.terms if m else ():
+                terms.append(Support.concatenate([Support.nothing(before), term, Support.nothing(total - before - units)]))
+            before += units
+        jump = max((m.jump for m, _ in parts if m), default=Fraction(1))
+        return cls.from_units(spans, size, jump * len(spans), tuple(terms))
 
     # -- queries ---------------------------------------------------------------------------------
 
     def span(self, unit: int) -> tuple[int, int] | None:
-        """Input interval ``(lo, hi)`` of ``unit`` (any integer), or None if it sees no pixel."""
+        """Input interval ``(lo, hi)`` of ``unit`` (any integer) by the RF convention, or None if
+        it sees no pixel."""
         q, r = divmod(unit, self.period)
         lo, hi = self.lo[r], self.hi[r]
         if lo is None or hi is None:
             return None
-        if self.shift.denominator == 1:  # the common case, without Fraction arithmetic
-            offset = q * self.shift.numerator
-            return lo + offset, hi + offset
-        offset = q * self.shift
-        return math.floor(lo + offset), math.ceil(hi + offset)
+        return lo + q * self.shift, hi + q * self.shift
 
     @property
     def jump(self) -> Fraction:
         """Distance in input pixels between adjacent units (the effective stride)."""
-        return self.shift / self.period
+        return Fraction(self.shift, self.period)
 
     @property
     def rf(self) -> int:
@@ -103,61 +124,53 @@ class AxisMap:
             for r, (l, h) in enumerate(zip(self.lo, self.hi))
         )
 
-    @property
-    def visible(self) -> tuple[int, int]:
-        """The input pixels that some unit of the tensor can see. Spans extend past it through
-        padding (the RF convention); floor division in a strided layer can drop trailing pixels."""
-        return self.reach if self.reach is not None else (0, self.size - 1)
-
-    def clipped(self, unit: int) -> tuple[int, int] | None:
-        """The pixels ``unit`` really depends on (its span within the visible pixels)."""
-        s = self.span(unit)
-        if s is None:
-            return None
-        lo, hi = max(s[0], self.visible[0]), min(s[1], self.visible[1])
-        return (lo, hi) if lo <= hi else None
-
-    def bounded(self, units: int, parents: Sequence[tuple[int, int]]) -> AxisMap:
-        """This map with ``reach`` set: what its ``units`` real units can see of what the input
-        tensors could see (a unit reading only padding beyond the last real unit sees nothing)."""
-        lo, hi = self.hull(units)
-        if lo is None or hi is None or not parents:
-            return self
-        reach = (max(lo, min(p[0] for p in parents)), min(hi, max(p[1] for p in parents)))
-        return replace(self, reach=None if reach == (0, self.size - 1) else reach)
-
-    def is_global(self, units: int) -> bool:
-        """True when each of the first ``units`` units depends on every pixel of the input axis."""
-        if units <= 0:
-            return False
-        spans = [self.clipped(u) for u in _edge_units(self.period, units)]
-        return all(s is not None and s[0] <= 0 and s[1] >= self.size - 1 for s in spans)
-
-    def hull(self, units: int) -> tuple[int | None, int | None]:
-        """Union of the spans of units ``0 .. units-1`` (what a reduction over the axis sees)."""
-        spans = [s for s in (self.span(u) for u in _edge_units(self.period, units)) if s is not None]
+    def hull(self) -> Span:
+        """Union of the spans of the real units (what a reduction over the axis sees)."""
+        spans = [s for s in (self.span(u) for u in _edge_units(self.period, self.units)) if s is not None]
         if not spans:
             return None, None
         return min(s[0] for s in spans), max(s[1] for s in spans)
 
     # -- transformations -------------------------------------------------------------------------
 
-    def windows(self, taps_of: Callable[[int], Iterable[int]], out_period: int, out_shift: Fraction) -> AxisMap:
-        """New map whose unit ``r`` (one period of ``out_period`` units) is the union of input units
-        ``taps_of(r)``; the caller guarantees the result is periodic with the given period."""
-        spans = [self.union_of(taps_of(r)) for r in range(out_period)]
-        return AxisMap.from_table(spans, out_shift, self.size)
+    def reduced(self) -> AxisMap:
+        """One unit that reads every unit (a reduction over the axis, or a broadcast operand)."""
+        lo, hi = self.hull()
+        return AxisMap(1, 0, (lo,), (hi,), self.size, 1, tuple(t.reduced() for t in self.terms))
 
-    def sliding(self, kernel: int, stride: int, padding: int, dilation: int = 1) -> AxisMap:
-        """Convolution / pooling: output unit ``o`` reads units ``o*stride - padding + t*dilation``."""
+    def picked(self, unit: int) -> AxisMap:
+        """Only ``unit`` is left (an integer index)."""
+        lo, hi = self.span(unit) or (None, None)
+        return AxisMap(1, 0, (lo,), (hi,), self.size, 1, tuple(t.picked(unit) for t in self.terms))
+
+    def broadcast(self, units: int) -> AxisMap:
+        """A one-unit map repeated over ``units`` units (it already spans the same everywhere)."""
+        return replace(self, units=units, terms=tuple(t.broadcast(units) for t in self.terms))
+
+    def with_terms(self, terms: Sequence[Support]) -> AxisMap:
+        return replace(self, terms=tuple(terms))
+
+    def sliding(
+        self, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1, n_out: int | None = None
+    ) -> AxisMap:
+        """Convolution / pooling: output unit ``o`` reads units ``o*stride - padding + t*dilation``.
+        ``n_out`` defaults to the symmetric-padding, floor-mode output size."""
+        if n_out is None:
+            n_out = (self.units + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
         period = self.period // math.gcd(self.period, stride)
-        shift = self.shift * Fraction(period * stride, self.period)
-        return self.windows(
-            lambda r: (r * stride - padding + t * dilation for t in range(kernel)), period, shift
+        shift = self.shift * period * stride // self.period
+        taps = np.arange(n_out)[:, None] * stride - padding + np.arange(kernel)[None, :] * dilation
+        return self._windows(
+            lambda r: (r * stride - padding + t * dilation for t in range(kernel)), period, shift, n_out, self._read(taps)
         )
 
-    def transposed(self, kernel: int, stride: int, padding: int, dilation: int = 1) -> AxisMap:
-        """Transposed convolution: input unit ``i`` writes output units ``i*stride - padding + t*dilation``."""
+    def transposed(
+        self, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1, n_out: int | None = None
+    ) -> AxisMap:
+        """Transposed convolution: input unit ``i`` writes output units ``i*stride - padding + t*dilation``.
+        ``n_out`` defaults to the output size without ``output_padding``."""
+        if n_out is None:
+            n_out = (self.units - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1
 
         def taps(r: int) -> Iterable[int]:
             for t in range(kernel):
@@ -165,21 +178,33 @@ class AxisMap:
                 if num % stride == 0:
                     yield num // stride
 
-        return self.windows(taps, self.period * stride, self.shift)
+        nums = np.arange(n_out)[:, None] + padding - np.arange(kernel)[None, :] * dilation
+        return self._windows(taps, self.period * stride, self.shift, n_out, self._read(nums // stride, nums % stride == 0))
+
+    def gathered(self, rows: Sequence[Sequence[int]]) -> AxisMap:
+        """Output unit ``o`` reads input units ``rows[o]`` (adaptive windows, tables of any
+        pattern). Beyond the tensor the pattern tiles: unit ``o + k*len(rows)`` reads
+        ``rows[o]`` moved by ``k`` times the input's length."""
+        n_in = self.units
+        tiles = self.period // math.gcd(self.period, n_in)  # tiles that bring the input map back in phase
+        spans = [self.union_of(t + k * n_in for t in row) for k in range(tiles) for row in rows]
+        shift = self.shift * tiles * n_in // self.period
+        return AxisMap.from_table(spans, shift, self.size, len(rows), self._read(*taps_of_rows(rows)))
 
     def union(self, other: AxisMap, units: int) -> AxisMap:
         """Per-unit union of two maps of the same axis (a merge: ``+``, ``*``, ``cat`` on channels)."""
+        terms = tuple(t.broadcast(units) for t in self.terms + other.terms)
         if self.jump == other.jump:
             period = math.lcm(self.period, other.period)
-            shift = self.jump * period
-            return AxisMap.from_table([_merge(self.span(u), other.span(u)) for u in range(period)], shift, self.size)
+            shift = self.shift * period // self.period
+            return AxisMap.from_table([_merge(self.span(u), other.span(u)) for u in range(period)], shift, self.size, units, terms)
         # not periodic together: spell out every unit
         spans = [_merge(self.span(u), other.span(u)) for u in range(max(units, 1))]
-        return AxisMap.from_units(spans, self.size, max(self.jump, other.jump) * max(units, 1))
+        return AxisMap.from_units(spans, self.size, max(self.jump, other.jump) * max(units, 1), terms)
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def union_of(self, units: Iterable[int]) -> tuple[int | None, int | None]:
+    def union_of(self, units: Iterable[int]) -> Span:
         """Hull of the spans of ``units``: what a unit reading all of them sees."""
         lo: int | None = None
         hi: int | None = None
@@ -190,17 +215,29 @@ class AxisMap:
                 hi = s[1] if hi is None else max(hi, s[1])
         return lo, hi
 
+    def _read(self, taps: np.ndarray, mask: np.ndarray | None = None) -> tuple[Support, ...]:
+        """Every term of the support, read through ``taps`` (see :meth:`Support.read`)."""
+        return tuple(t.read(taps, mask) for t in self.terms)
+
+    def _windows(
+        self, taps_of: Callable[[int], Iterable[int]], out_period: int, out_shift: int, units: int, terms: tuple[Support, ...]
+    ) -> AxisMap:
+        """New map of ``units`` units whose unit ``r`` (one period of ``out_period`` units) is the
+        union of input units ``taps_of(r)``; the caller guarantees the result has that period."""
+        spans = [self.union_of(taps_of(r)) for r in range(out_period)]
+        return AxisMap.from_table(spans, out_shift, self.size, units, terms)
+
     def _shortest(self) -> AxisMap:
         """The same map with the shortest period that reproduces it."""
         for p in range(1, self.period):
-            if self.period % p:
+            if self.period % p or (self.shift * p) % self.period:
                 continue
-            step = self.shift * p / self.period
+            step = self.shift * p // self.period
             if all(
                 _shifted(self.lo[r], step) == self.lo[r + p] and _shifted(self.hi[r], step) == self.hi[r + p]
                 for r in range(self.period - p)
-            ) and (step.denominator == 1 or all(v is None for v in self.lo)):
-                return AxisMap(p, step, self.lo[:p], self.hi[:p], self.size)
+            ):
+                return replace(self, period=p, shift=step, lo=self.lo[:p], hi=self.hi[:p])
         return self
 
 
@@ -215,7 +252,7 @@ def _step(lo: tuple[int | None, ...], hi: tuple[int | None, ...], p: int) -> int
     return step
 
 
-def _shifted(value: int | None, step: Fraction) -> Fraction | None:
+def _shifted(value: int | None, step: int) -> int | None:
     return None if value is None else value + step
 
 

@@ -1,10 +1,15 @@
 """The independent check: measure a unit's receptive field with gradients instead of geometry.
 
 On a float64 copy of the model every conv/linear weight becomes a positive averaging constant
-and every bias zero, normalisations and activations become the identity and max pooling becomes
-average pooling of the same geometry (functional calls too, through a function mode). Fed all-ones, every
-activation is positive, so the gradient of one output unit is non-zero exactly on the input
+and every bias zero, normalisations and activations become the identity, max pooling becomes
+average pooling of the same geometry and products become sums (functional calls too, through a
+function mode). Fed all-ones, every activation is non-negative and sums of them are zero only
+where no pixel reaches, so the gradient of one output unit is non-zero exactly on the input
 pixels that can change it: its support, clipped to the image.
+
+Products become sums because a factor that depends on no pixel (zero padding, a transposed
+conv's hole without bias) is zero in this copy but a generic constant in a real model: the
+dependence on the other factor is structural, as the analytic rules count it.
 """
 
 from __future__ import annotations
@@ -115,14 +120,16 @@ def _averaging_copy(model: nn.Module) -> nn.Module:
 
 
 class _AveragingMode(TorchFunctionMode):
-    """Max pooling as average pooling of the same geometry; normalisations and activations as the
-    identity (in-place ones too: the input comes back unchanged)."""
+    """Max pooling as average pooling of the same geometry, products as sums; normalisations and
+    activations as the identity (in-place ones too: the input comes back unchanged)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         kwargs = kwargs or {}
-        name, _ = canonical_op_name(func)
+        name, inplace = canonical_op_name(func)
         if name in PASSED_THROUGH:
             return args[0] if args else kwargs["input"]
+        if name == "mul":
+            return (torch.Tensor.add_ if inplace else torch.add)(*args, **kwargs)
         if name.startswith("max_pool"):
             return _with_indices(_average_pool(*args, **kwargs), name, kwargs)
         if name.startswith("adaptive_max_pool"):

@@ -73,8 +73,7 @@ class RFProbe(Probe):
             self._ruled_depth = None
             rule = RULES.for_module(call.module)
             context = RuleContext(call.type, call.args, call.kwargs, call.output, self._state_of, call.module)
-            inputs = [self.states.get(t) for t in tensors_in((call.args, call.kwargs))]
-            self._assign(call.output, self._apply(rule, context, call.type, call.name), inputs)
+            self._assign(call.output, self._apply(rule, context, call.type, call.name))
         if self._ruled_depth is not None:
             return
         outputs = tensors_in(call.output)
@@ -95,7 +94,7 @@ class RFProbe(Probe):
         rule = RULES.for_op(op.name)
         context = RuleContext(op.name, op.args, op.kwargs, op.output, self._state_of)
         result = self._apply(rule, context, op.name, where)
-        self._assign(op.args[0] if op.output is None else op.output, result, in_states)  # __setitem__: None
+        self._assign(op.args[0] if op.output is None else op.output, result)  # __setitem__: None
         self._maybe_record_op(op, in_states, result)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -130,16 +129,15 @@ class RFProbe(Probe):
         if message not in self.diagnostics:
             self.diagnostics.append(message)
 
-    def _assign(self, output: Any, result: RuleResult, inputs: list[RFState | None]) -> None:
-        """Give each output tensor its state, bounded by what the inputs could see."""
+    def _assign(self, output: Any, result: RuleResult) -> None:
+        """Give each output tensor its state (its support in fewest terms)."""
         outputs = tensors_in(output)
         results = list(result) if isinstance(result, (list, tuple)) else [result] * len(outputs)
-        parents = [s for s in inputs if isinstance(s, TensorRF)]
         for tensor, state in zip(outputs, results):
             if state is None:
                 self.states.pop(tensor, None)
             else:
-                self.states[tensor] = state.bounded(tuple(tensor.shape), parents) if isinstance(state, TensorRF) else state
+                self.states[tensor] = state.fused() if isinstance(state, TensorRF) else state
 
     def _primary_state(self, outputs: list[torch.Tensor]) -> RFState | None:
         return next((self.states[t] for t in outputs if t in self.states), None)

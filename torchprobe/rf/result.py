@@ -10,6 +10,7 @@ from typing import Any
 from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.probe import LayerRecord
 from torchprobe.rf.state import TensorRF, UnknownRF
+from torchprobe.rf.support import covers, joint_span, seen
 
 RF_SCHEMA = "torchprobe.rf/1"
 
@@ -45,7 +46,15 @@ class LayerRF:
         if self.maps is None:
             raise ValueError(f"the receptive field of {self.name or '(model)'} is unknown")
         units = (unit,) * len(self.maps) if isinstance(unit, int) else tuple(unit)
-        return tuple(m.clipped(u) if clip else m.span(u) for m, u in zip(self.maps, units))
+        if clip:
+            return joint_span(list(zip(*(m.terms for m in self.maps))), units)
+        return tuple(m.span(u) for m, u in zip(self.maps, units))
+
+    def seen(self, axis: int) -> tuple[int, int] | None:
+        """The pixels of ``axis`` that some unit depends on (their hull)."""
+        if self.maps is None:
+            raise ValueError(f"the receptive field of {self.name or '(model)'} is unknown")
+        return seen(list(zip(*(m.terms for m in self.maps))), axis)
 
     @property
     def known(self) -> bool:
@@ -66,7 +75,7 @@ class LayerRF:
             rf=tuple(m.rf or None for m in state.axes),
             jump=tuple(m.jump for m in state.axes),
             start=tuple(m.start for m in state.axes),
-            is_global=tuple(m.is_global(u) for m, u in zip(state.axes, units)),
+            is_global=tuple(covers(state.factors, a, m.size) for a, m in enumerate(state.axes)),
             aligned=state.aligned,
             uniform=all(m.uniform for m in state.axes),
             leaf=record.leaf,

@@ -149,15 +149,14 @@ def merge(tensors: Sequence[torch.Tensor], states: Sequence[RFState | None], out
         for t, s in known:
             m, d = s.axes[a], s.dims[a]
             if d is not None and (-d > t.dim() or t.shape[d] == 1) and -d <= len(out_shape) and out_shape[d] != 1:
-                lo, hi = m.hull(1)
-                m = AxisMap.constant(lo, hi, m.size)
+                m = m.reduced()
             elif d is not None:
                 grids.add((m.jump, m.start))
             dim = d if dim is None else dim
             units = 1 if dim is None or -dim > len(out_shape) else out_shape[dim]
             merged = m if merged is None else merged.union(m, units)
         aligned = aligned and len(grids) <= 1
-        axes.append(merged)
+        axes.append(merged.broadcast(units))
         dims.append(dim)
     return TensorRF(tuple(axes), tuple(dims), aligned)
 
@@ -185,7 +184,7 @@ def spatial(
             return m, None
         if -n <= d <= -1:
             return geometry(n + d, m, in_shape[d], out_shape[d]), d
-        return state.reduced(a, in_shape, keep_dim=True) if mixes_channels else (m, d)
+        return state.reduced(a, keep_dim=True) if mixes_channels else (m, d)
 
     return state.map_axes(move)
 
@@ -221,7 +220,7 @@ def conv(ctx: RuleContext) -> RuleResult:
     else:
         left = per_axis(padding, n)
     return spatial(
-        ctx, n, lambda i, m, _in, _out: m.sliding(kernel[i], stride[i], left[i], dilation[i]), mixes_channels=True
+        ctx, n, lambda i, m, _in, out: m.sliding(kernel[i], stride[i], left[i], dilation[i], out), mixes_channels=True
     )
 
 
@@ -234,7 +233,7 @@ def conv_transpose(ctx: RuleContext) -> RuleResult:
     padding = per_axis(ctx.arg(4, "padding", 0), n)
     dilation = per_axis(ctx.arg(7, "dilation", 1), n)
     return spatial(
-        ctx, n, lambda i, m, _in, _out: m.transposed(kernel[i], stride[i], padding[i], dilation[i]), mixes_channels=True
+        ctx, n, lambda i, m, _in, out: m.transposed(kernel[i], stride[i], padding[i], dilation[i], out), mixes_channels=True
     )
 
 
@@ -246,7 +245,7 @@ def _pool_rule(kernel_pos: int, has_padding: bool, has_dilation: bool) -> Rule:
         stride = kernel if stride is None or stride == [] or stride == () else per_axis(stride, n)
         padding = per_axis(ctx.arg(kernel_pos + 2, "padding", 0), n) if has_padding else (0,) * n
         dilation = per_axis(ctx.arg(kernel_pos + 3, "dilation", 1), n) if has_dilation else (1,) * n
-        return spatial(ctx, n, lambda i, m, _in, _out: m.sliding(kernel[i], stride[i], padding[i], dilation[i]))
+        return spatial(ctx, n, lambda i, m, _in, out: m.sliding(kernel[i], stride[i], padding[i], dilation[i], out))
 
     return rule
 
@@ -262,17 +261,12 @@ def adaptive_windows(in_units: int, out_units: int) -> list[range]:
     return [range(o * in_units // out_units, -(-(o + 1) * in_units // out_units)) for o in range(out_units)]
 
 
-def _table(m: AxisMap, taps: Sequence[Sequence[int]], in_units: int) -> AxisMap:
-    """Map of a layer whose output unit ``o`` reads input units ``taps[o]`` (exact, any pattern)."""
-    return AxisMap.from_units([m.union_of(t) for t in taps], m.size, m.jump * in_units)
-
-
 @register_rf_rule(
     *(f"adaptive_{kind}_pool{n}d{suffix}" for kind in ("avg", "max") for n in (1, 2, 3) for suffix in ("", "_with_indices"))
 )
 def adaptive_pool(ctx: RuleContext) -> RuleResult:
     n = _n_spatial(ctx.name)
-    return spatial(ctx, n, lambda i, m, size_in, size_out: _table(m, adaptive_windows(size_in, size_out), size_in))
+    return spatial(ctx, n, lambda i, m, size_in, size_out: m.gathered(adaptive_windows(size_in, size_out)))
 
 
 # -- resampling ------------------------------------------------------------------------------------
@@ -319,7 +313,7 @@ def interpolate(ctx: RuleContext) -> RuleResult:
     recompute = ctx.arg(5, "recompute_scale_factor", None)
     scales = (None,) * n if scale is None or recompute else tuple(1 / Fraction(s).limit_denominator(10**6) for s in per_axis_float(scale, n))
     return spatial(
-        ctx, n, lambda i, m, size_in, size_out: _table(m, interpolation_taps(size_in, size_out, mode, bool(align), scales[i]), size_in)
+        ctx, n, lambda i, m, size_in, size_out: m.gathered(interpolation_taps(size_in, size_out, mode, bool(align), scales[i]))
     )
 
 
@@ -333,13 +327,13 @@ def per_axis_float(value: Any, n: int) -> tuple[float, ...]:
 @register_rf_rule("pixel_shuffle")
 def pixel_shuffle(ctx: RuleContext) -> RuleResult:
     r = int(ctx.arg(1, "upscale_factor"))
-    return spatial(ctx, 2, lambda i, m, _in, _out: m.windows(lambda u: (u // r,), m.period * r, m.shift))
+    return spatial(ctx, 2, lambda i, m, _in, out: m.transposed(r, r, 0, 1, out))  # unit u is input unit u // r
 
 
 @register_rf_rule("pixel_unshuffle")
 def pixel_unshuffle(ctx: RuleContext) -> RuleResult:
     r = int(ctx.arg(1, "downscale_factor"))
-    return spatial(ctx, 2, lambda i, m, _in, _out: m.sliding(r, r, 0))
+    return spatial(ctx, 2, lambda i, m, _in, out: m.sliding(r, r, 0, 1, out))
 
 
 @register_rf_rule("pad")
@@ -351,8 +345,8 @@ def pad(ctx: RuleContext) -> RuleResult:
     def geometry(i: int, m: AxisMap, size_in: int, size_out: int) -> AxisMap:
         left = amounts[2 * (n - 1 - i)]  # F.pad lists the last dim first
         if mode == "constant":
-            return m.sliding(1, 1, left)
-        return _table(m, [[_padded_source(o - left, size_in, mode)] for o in range(size_out)], size_in)
+            return m.sliding(1, 1, left, 1, size_out)
+        return m.gathered([[_padded_source(o - left, size_in, mode)] for o in range(size_out)])
 
     return spatial(ctx, n, geometry)
 
@@ -406,17 +400,12 @@ def cat(ctx: RuleContext) -> RuleResult:
         return unknown
     # concatenation along a spatial axis: units come from one operand after the other
     axis = carried[0].dims.index(dim)
-    parts = [(t, s) for t, s in zip(tensors, states)]
-    spans: list[tuple[int | None, int | None]] = []
-    for t, s in parts:
-        units = t.shape[dim]
-        spans += [s.axes[axis].span(u) or (None, None) for u in range(units)] if s else [(None, None)] * units
-    first = carried[0].axes[axis]
-    new_axis = AxisMap.from_units(spans, first.size, first.jump * len(spans))
+    new_axis = AxisMap.concatenated([(s.axes[axis] if s else None, t.shape[dim]) for t, s in zip(tensors, states)], carried[0].axes[axis].size)
     others = merge(tensors, [s if s is None else _without_axis(s, axis) for s in states], out_shape)
     base = others if isinstance(others, TensorRF) else carried[0]
-    axes = list(base.axes)
-    axes[axis] = new_axis
+    # every part's support terms, in the order the new axis lists them
+    axes = [new_axis if b == axis else m.with_terms(term.broadcast(m.units) for s in carried for term in s.axes[b].terms)
+            for b, m in enumerate(base.axes)]
     return TensorRF(tuple(axes), base.dims[:axis] + (dim,) + base.dims[axis + 1 :], base.aligned)
 
 
@@ -436,7 +425,7 @@ def stack(ctx: RuleContext) -> RuleResult:
     ndim = tensors[0].dim()
     dim = ctx.arg(1, "dim", 0)
     dim = dim + ndim + 1 if dim < 0 else dim
-    moved = [s if not isinstance(s, TensorRF) else s.with_dims(lambda d: d - 1 if ndim + d >= dim else d, t.shape) for t, s in zip(tensors, states)]
+    moved = [s if not isinstance(s, TensorRF) else s.with_dims(lambda d: d - 1 if ndim + d >= dim else d) for s in states]
     return merge([t.unsqueeze(dim) for t in tensors], moved, ctx.out_shape)
 
 
@@ -476,9 +465,9 @@ def reduce_dims(state: RFState | None, shape: Sequence[int], dims: Sequence[int]
             return d if keepdim else None
         return d if keepdim else d + sum(1 for r in dims if r > d)
 
-    kept = state.with_dims(move, shape)
+    kept = state.with_dims(move)
     if keepdim:  # the reduced axes keep their (now size-1) dim
-        return kept.map_axes(lambda a, m, d: state.reduced(a, shape, keep_dim=True) if d in dims else (m, d))
+        return kept.map_axes(lambda a, m, d: state.reduced(a, keep_dim=True) if d in dims else (m, d))
     return kept
 
 
@@ -573,7 +562,7 @@ def view(ctx: RuleContext) -> RuleResult:
         d is not None and d not in groups and in_shape[d] > 1 for d in state.dims
     ):
         ctx.note(f"{ctx.name} splits a spatial dim into several (windows, patches): the axis is treated as reduced, an over-estimate")
-    return state.with_dims(groups.get, in_shape)
+    return state.with_dims(groups.get)
 
 
 def _permutation(ctx: RuleContext) -> list[int]:
@@ -611,7 +600,7 @@ def permute(ctx: RuleContext) -> RuleResult:
         return state
     ndim = ctx.input.dim()
     perm = _permutation(ctx)
-    return state.with_dims(lambda d: perm.index(d + ndim) - ndim, tuple(ctx.input.shape))
+    return state.with_dims(lambda d: perm.index(d + ndim) - ndim)
 
 
 @register_rf_rule("getitem")
@@ -642,15 +631,14 @@ def getitem(ctx: RuleContext) -> RuleResult:
             new_dims[neg_in] = out_dim - out_ndim
             if neg_in in dims:
                 a = dims.index(neg_in)
-                start, _stop, step = item.indices(x.shape[neg_in])
-                axes[a] = axes[a].sliding(1, step, -start)
+                picked = range(*item.indices(x.shape[neg_in]))
+                axes[a] = axes[a].sliding(1, picked.step, -picked.start, 1, len(picked))
             out_dim += 1
         else:  # an integer: the dim disappears, the axis keeps that unit's span
             new_dims[neg_in] = None
             if neg_in in dims:
                 a = dims.index(neg_in)
-                span = axes[a].span(int(item) % x.shape[neg_in])
-                axes[a] = AxisMap.constant(*(span or (None, None)), axes[a].size)
+                axes[a] = axes[a].picked(int(item) % x.shape[neg_in])
         in_dim += 1
     return TensorRF(tuple(axes), tuple(None if d is None else new_dims.get(d) for d in dims), state.aligned)
 
@@ -684,11 +672,10 @@ def split(ctx: RuleContext) -> RuleResult:
     for piece in pieces:
         m = state.axes[axis]
         if ctx.name == "unbind":
-            span = m.span(offset)
-            new, dim_out = AxisMap.constant(*(span or (None, None)), m.size), None
+            new, dim_out = m.picked(offset), None
             offset += 1
         else:
-            new, dim_out = m.sliding(1, 1, -offset), neg
+            new, dim_out = m.sliding(1, 1, -offset, 1, piece.shape[neg]), neg
             offset += piece.shape[neg]
         axes, dims = list(state.axes), list(state.dims)
         axes[axis], dims[axis] = new, dim_out
@@ -710,14 +697,14 @@ def roll(ctx: RuleContext) -> RuleResult:
     state = ctx.input_state
     for shift, dim in zip(shifts, dims):
         step = RuleContext(ctx.name, ctx.args, ctx.kwargs, ctx.output, lambda t, s=state: s)
-        state = _along(step, dim, lambda m, n, _out, k=shift: _table(m, [[(o - k) % n] for o in range(n)], n))
+        state = _along(step, dim, lambda m, n, _out, k=shift: m.gathered([[(o - k) % n] for o in range(n)]))
     return state
 
 
 @register_rf_rule("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp")
 def cumulative(ctx: RuleContext) -> RuleResult:
     """Unit ``o`` along ``dim`` depends on units ``0 .. o``."""
-    return _along(ctx, ctx.arg(1, "dim"), lambda m, n, _out: _table(m, [range(o + 1) for o in range(n)], n))
+    return _along(ctx, ctx.arg(1, "dim"), lambda m, n, _out: m.gathered([range(o + 1) for o in range(n)]))
 
 
 def _attention(ctx: RuleContext, query: torch.Tensor, keys: Sequence[torch.Tensor], seq_dim: int) -> RuleResult:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from torchprobe.rf.axis import AxisMap
+from torchprobe.rf.support import Support, fused
 
 
 @dataclass(frozen=True)
@@ -38,26 +39,28 @@ class TensorRF:
         pairs = [fn(a, m, d) for a, (m, d) in enumerate(zip(self.axes, self.dims))]
         return replace(self, axes=tuple(p[0] for p in pairs), dims=tuple(p[1] for p in pairs))
 
-    def reduced(self, axis: int, shape: Sequence[int], keep_dim: bool = False) -> tuple[AxisMap, int | None]:
+    @property
+    def factors(self) -> list[tuple[Support, ...]]:
+        """The support as terms: ``factors[t][a]`` (see :mod:`torchprobe.rf.support`)."""
+        return list(zip(*(m.terms for m in self.axes)))
+
+    def fused(self) -> TensorRF:
+        """The same state with its support in fewest terms."""
+        terms = fused(self.factors)
+        return replace(self, axes=tuple(m.with_terms(t[a] for t in terms) for a, m in enumerate(self.axes)))
+
+    def reduced(self, axis: int, keep_dim: bool = False) -> tuple[AxisMap, int | None]:
         """``(map, dim)`` of ``axis`` once every unit along it is combined into one."""
-        m = self.axes[axis]
-        lo, hi = m.hull(self.units(axis, shape))
-        return AxisMap.constant(lo, hi, m.size), (self.dims[axis] if keep_dim else None)
+        return self.axes[axis].reduced(), (self.dims[axis] if keep_dim else None)
 
-    def bounded(self, shape: Sequence[int], parents: Sequence[TensorRF]) -> TensorRF:
-        """Set each axis's visible pixels from the inputs' (see :meth:`AxisMap.bounded`)."""
-        return self.map_axes(
-            lambda a, m, d: (m.bounded(self.units(a, shape), [p.axes[a].visible for p in parents]), d)
-        )
-
-    def with_dims(self, remap: Callable[[int], int | None], shape: Sequence[int]) -> TensorRF:
+    def with_dims(self, remap: Callable[[int], int | None]) -> TensorRF:
         """Move axes to new dims (``remap`` takes and returns negative dims); None reduces."""
 
         def move(a: int, m: AxisMap, d: int | None) -> tuple[AxisMap, int | None]:
             if d is None:
                 return m, None
             new = remap(d)
-            return (m, new) if new is not None else self.reduced(a, shape)
+            return (m, new) if new is not None else self.reduced(a)
 
         return self.map_axes(move)
 
