@@ -23,7 +23,7 @@ from mnist_demo.model import Net
 from mnist_demo.recipe import Recipe
 from mnist_demo.report import write_report
 from mnist_demo.run import CHECKPOINT, METRICS, MODEL, load_tensors, save_json, save_tensors
-from torchprobe.failures import FailureAnalyzer
+from torchprobe.failures import EpochRecord, FailureAnalyzer
 from torchprobe.report import render_text, summary_table
 
 EVAL_BATCH = 1000
@@ -122,6 +122,7 @@ class Trainer:
         )
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
+        self.watcher = FailureAnalyzer(NUM_CLASSES, keep=0)  # per-epoch failures and flips, no inputs kept
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -130,7 +131,7 @@ class Trainer:
             "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(), "history": self.history, "recipe": self.recipe.to_dict(),
-            "seed": self.config.seed,
+            "seed": self.config.seed, "watcher": [record.state() for record in self.watcher.history],
         }
 
     def save(self) -> None:
@@ -146,6 +147,7 @@ class Trainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
+        self.watcher.history = [EpochRecord.from_state(record) for record in state["watcher"]]
 
     # -- one epoch ------------------------------------------------------------------------------
 
@@ -209,7 +211,7 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
         from mnist_demo.loader import torchvision_loader
 
         loader = torchvision_loader(trainer.train_split, trainer.recipe.augment, trainer.recipe.batch_size, trainer.generator, config.workers)
-    watcher = FailureAnalyzer(NUM_CLASSES, keep=0)  # per-epoch failures and flips, no inputs kept
+    watcher = trainer.watcher
     with progress_bar(console) as progress:
         while trainer.epoch < trainer.recipe.epochs:
             epoch = trainer.epoch + 1

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +82,31 @@ def test_resume_continues_exactly_where_the_interrupt_stopped(mnist, tmp_path: P
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     history = json.loads((interrupted / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+    straight_history = json.loads((straight / "metrics.json").read_text())["history"]
+    timeless = [[{k: v for k, v in h.items() if k != "epoch_seconds"} for h in run] for run in (straight_history, history)]
+    assert timeless[0] == timeless[1]  # "newly wrong" included: the failure history was checkpointed too
+
+
+def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+    """A real SIGINT to ``python -m mnist_demo train``: exit 130, a message naming --resume, the
+    last finished epoch saved; ``--resume`` then finishes the run."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mnist_demo", "train", "--epochs", "3", "--batch-size", "64", "--limit", "2048",
+               "--device", "cpu", "--seed", "3", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, "training ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "--resume --out" in output and "Traceback" not in output
+    assert load_tensors(out / "checkpoint.pt")["epoch"] >= 1
+    assert not list(out.glob(".*"))  # no half-written file
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2, 3]
 
 
 def test_resume_refuses_another_recipe(mnist, tmp_path: Path) -> None:

@@ -78,6 +78,15 @@ class EpochRecord:
         return {"epoch": self.epoch, "samples": self.samples, "errors": self.errors,
                 "error_rate": _json_float(self.error_rate), "calibration_error": _json_float(self.calibration_error)}
 
+    def state(self) -> dict[str, Any]:
+        """Everything, as tensors and numbers: checkpoints load with ``torch.load(weights_only=True)``."""
+        return {**self.to_dict(), "failed": torch.from_numpy(self.failed), "seen": torch.from_numpy(self.seen)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochRecord:
+        return cls(int(state["epoch"]), int(state["samples"]), int(state["errors"]), float(state["calibration_error"]),
+                   state["failed"].numpy(), state["seen"].numpy())
+
 
 @dataclass
 class _Totals:
