@@ -33,6 +33,15 @@ class Support:
     lo: np.ndarray
     hi: np.ndarray
 
+    def __post_init__(self) -> None:
+        """Any ``lo > hi`` becomes the sentinels, so that unions never mistake it for pixels."""
+        lo, hi = np.asarray(self.lo, dtype=np.int64), np.asarray(self.hi, dtype=np.int64)
+        empty = lo > hi
+        if empty.any():
+            lo, hi = np.where(empty, _NO_LO, lo), np.where(empty, _NO_HI, hi)
+        object.__setattr__(self, "lo", lo)
+        object.__setattr__(self, "hi", hi)
+
     @classmethod
     def identity(cls, units: int) -> Support:
         pixels = np.arange(units, dtype=np.int64)
