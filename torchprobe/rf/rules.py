@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -272,34 +272,45 @@ def adaptive_pool(ctx: RuleContext) -> RuleResult:
 # -- resampling ------------------------------------------------------------------------------------
 
 
-def interpolation_taps(size_in: int, size_out: int, mode: str, align_corners: bool, scale: Fraction | None) -> list[list[int]]:
-    """Input units with a non-zero weight in each output unit, as ATen computes them."""
+def interpolation_taps(
+    size_in: int, size_out: int, mode: str, align_corners: bool, scale_factor: float | None, precision: type = np.float32
+) -> list[list[int]]:
+    """Input units with a non-zero weight in each output unit, as ATen computes them: source
+    coordinates in ``float`` for nearest modes and in the tensor's math precision (``precision``:
+    float for float32/half, double for float64) for the others, so that its rounding is ours
+    (nearest 28 -> 46 maps unit 23 to 13, not to 14)."""
     if mode == "area":
         return [list(w) for w in adaptive_windows(size_in, size_out)]
-    ratio = scale if scale is not None else Fraction(size_in, size_out)
     last = size_in - 1
-    taps: list[list[int]] = []
-    for o in range(size_out):
-        if mode == "nearest":
-            taps.append([min(math.floor(o * ratio), last)])
-            continue
-        if mode == "nearest-exact":
-            taps.append([min(math.floor((o + Fraction(1, 2)) * ratio), last)])
-            continue
-        if align_corners:
-            real = Fraction(o * last, size_out - 1) if size_out > 1 else Fraction(0)
-        else:
-            real = ratio * (o + Fraction(1, 2)) - Fraction(1, 2)
-            if mode != "bicubic":
-                real = max(real, Fraction(0))
-        base = math.floor(real)
-        frac = real - base
-        if mode == "bicubic":
-            offsets = [0] if frac == 0 else [-1, 0, 1, 2]
-        else:
-            offsets = [0] if frac == 0 else [0, 1]
-        taps.append(sorted({min(max(base + k, 0), last) for k in offsets}))
-    return taps
+    out = np.arange(size_out)
+    if mode in ("nearest", "nearest-exact"):
+        if mode == "nearest" and size_out in (size_in, 2 * size_in):  # ATen's exact shortcuts
+            return [[int(o) * size_in // size_out] for o in out]
+        scale = _source_scale(size_in, size_out, scale_factor, np.float32)
+        shift = np.float32(0.5) if mode == "nearest-exact" else np.float32(0)
+        source = np.floor((out.astype(np.float32) + shift) * scale).astype(np.int64)
+        return [[min(int(i), last)] for i in source]
+    dst = out.astype(precision)
+    if align_corners:
+        scale = precision(last) / precision(size_out - 1) if size_out > 1 else precision(0)
+        real = scale * dst
+    else:
+        real = _source_scale(size_in, size_out, scale_factor, precision) * (dst + precision(0.5)) - precision(0.5)
+        if mode != "bicubic":
+            real = np.maximum(real, precision(0))
+    base = np.floor(real)
+    offsets = (-1, 0, 1, 2) if mode == "bicubic" else (0, 1)
+    return [
+        sorted({min(max(int(b) + k, 0), last) for k in (offsets if r != b else (0,))})
+        for b, r in zip(base, real)
+    ]
+
+
+def _source_scale(size_in: int, size_out: int, scale_factor: float | None, precision: type) -> np.floating:
+    """ATen's ``compute_scales_value``: ``1 / scale_factor`` when given, else ``in / out``."""
+    if scale_factor is not None and scale_factor > 0:
+        return precision(1.0 / scale_factor)
+    return precision(size_in) / precision(size_out)
 
 
 @register_rf_rule("interpolate", "upsample", "upsample_nearest", "upsample_bilinear")
@@ -311,9 +322,11 @@ def interpolate(ctx: RuleContext) -> RuleResult:
     n = ctx.input.dim() - 2
     scale = ctx.arg(2, "scale_factor")
     recompute = ctx.arg(5, "recompute_scale_factor", None)
-    scales = (None,) * n if scale is None or recompute else tuple(1 / Fraction(s).limit_denominator(10**6) for s in per_axis_float(scale, n))
+    scales = (None,) * n if scale is None or recompute else per_axis_float(scale, n)
+    precision = np.float64 if ctx.input.dtype == torch.float64 else np.float32
     return spatial(
-        ctx, n, lambda i, m, size_in, size_out: m.gathered(interpolation_taps(size_in, size_out, mode, bool(align), scales[i]))
+        ctx, n,
+        lambda i, m, size_in, size_out: m.gathered(interpolation_taps(size_in, size_out, mode, bool(align), scales[i], precision)),
     )
 
 
