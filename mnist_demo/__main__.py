@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +35,7 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     max_lr: Annotated[float | None, typer.Option("--max-lr", min=0.0)] = None,
+    dropout_scale: Annotated[float | None, typer.Option("--dropout-scale", min=0.0, help="Multiply the recipe's dropout rates (0: off).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 1,
     augment: Annotated[str, typer.Option("--augment", help="batched (on-device tensor ops) or torchvision (per-sample, reference).")] = "batched",
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers for --augment torchvision.")] = 2,
@@ -43,9 +45,12 @@ def train(
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, or float64 for runs that must agree beyond float32 rounding.")] = "float32",
+    dist_timeout: Annotated[float, typer.Option("--dist-timeout", min=1.0, help="Under torchrun: seconds any collective may wait for the other ranks.")] = 300.0,
 ) -> None:
-    """Train with every probe attached and write the run folder."""
-    from mnist_demo.train import TrainConfig, run_training
+    """Train with every probe attached and write the run folder (data-parallel under torchrun)."""
+    from mnist_demo.distributed import Ranks, broadcast, local_rank_zero_first, process_group
+    from mnist_demo.train import TrainConfig, pick_device, run_training
 
     if recipe not in RECIPES:
         _fail(f"unknown --recipe {recipe!r}: choose {', '.join(RECIPES)}")
@@ -55,23 +60,35 @@ def train(
         _fail("--resume needs --out: the run folder to continue")
     if resume and not (out / "checkpoint.pt").exists():
         _fail(f"--resume: no checkpoint in {out}")
+    if dtype not in ("float32", "float64"):
+        _fail(f"unknown --dtype {dtype!r}: choose float32 or float64")
+    ranks = Ranks.from_environment()
+    if ranks.distributed and augment == "torchvision":
+        _fail("--augment torchvision runs in one process: under torchrun use the batched pipeline")
     chosen = RECIPES[recipe]
-    overrides = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "max_lr": max_lr}.items() if v is not None}
-    chosen = chosen.replace(**overrides)
+    overrides = {"epochs": epochs, "batch_size": batch_size, "max_lr": max_lr, "dropout_scale": dropout_scale}
+    chosen = chosen.replace(**{k: v for k, v in overrides.items() if v is not None})
     try:
-        dataset = load_mnist(data, download=download)
-    except DataError as error:
-        _fail(str(error))
-    folder = new_run_folder(out)
-    config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment, workers=workers, limit=limit, resume=resume)
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    try:
-        run_training(config, dataset, console)
-    except KeyboardInterrupt:
-        console.print(f"interrupted: the last finished epoch is saved; continue with --resume --out {folder}")
-        raise typer.Exit(130) from None
+        target = pick_device(device, ranks)
     except ValueError as error:
         _fail(str(error))
+    console = Console(quiet=not ranks.main) if sys.stdout.isatty() else Console(width=160, quiet=not ranks.main)
+    with process_group(ranks, target, timedelta(seconds=dist_timeout)):
+        try:
+            with local_rank_zero_first(ranks):
+                dataset = load_mnist(data, download=download)
+        except DataError as error:
+            _fail(str(error) if not ranks.distributed else f"rank {ranks.rank}: {error}")
+        folder = broadcast(new_run_folder(out) if ranks.main else None)  # one run folder, named by rank 0
+        config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment, workers=workers, limit=limit,
+                             resume=resume, ranks=ranks, dtype=getattr(torch, dtype))
+        try:
+            run_training(config, dataset, console)
+        except KeyboardInterrupt:
+            console.print(f"interrupted: the last finished epoch is saved; continue with --resume --out {folder}")
+            raise typer.Exit(130) from None
+        except ValueError as error:
+            _fail(str(error))
     console.print(f"run folder: {folder}")
 
 

@@ -19,6 +19,7 @@ from torch import nn
 import torchprobe
 from mnist_demo.augment import MEAN, STD, BatchedAugment, normalize, to_unit
 from mnist_demo.data import MnistData, Split
+from mnist_demo.distributed import Ranks, all_gather, all_sum, with_global_batchnorm
 from mnist_demo.model import Net
 from mnist_demo.recipe import Recipe
 from mnist_demo.report import write_report
@@ -28,6 +29,7 @@ from torchprobe.report import render_text, summary_table
 
 EVAL_BATCH = 1000
 NUM_CLASSES = 10
+Batch = tuple[torch.Tensor, torch.Tensor, int]  # this rank's images and labels, the global batch size
 
 
 @dataclass
@@ -40,13 +42,18 @@ class TrainConfig:
     workers: int = 2
     limit: int | None = None  # train on the first N training images only (quick runs, tests)
     resume: bool = False
+    ranks: Ranks = Ranks()  # this process's place in a torchrun job (one process: rank 0 of 1)
+    dtype: torch.dtype = torch.float32  # float64: runs that must agree beyond float32 rounding
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, ranks: Ranks = Ranks()) -> torch.device:
+    """``auto``: CUDA when present (under torchrun, the GPU of this process's local rank)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: CUDA is not available on this machine")
+    if name == "cuda" and ranks.distributed:
+        return torch.device("cuda", ranks.local_rank)
     return torch.device(name)
 
 
@@ -54,35 +61,47 @@ def build_model(recipe: Recipe) -> Net:
     return Net(dropout_scale=recipe.dropout_scale, logit_relu=recipe.logit_relu)
 
 
-def clean_batches(split: Split, device: torch.device, size: int = EVAL_BATCH) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised, un-augmented batches in order."""
-    for start in range(0, len(split.labels), size):
-        x = split.images[start : start + size].to(device)
-        yield normalize(to_unit(x)), split.labels[start : start + size].to(device)
+def clean_batches(
+    split: Split, device: torch.device, dtype: torch.dtype = torch.float32, part: slice = slice(None)
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Normalised, un-augmented batches of ``EVAL_BATCH`` in order, with the index of their first
+    image; ``part`` picks a contiguous share of the split (a rank's)."""
+    first, stop, _ = part.indices(len(split.labels))
+    for start in range(first, stop, EVAL_BATCH):
+        end = min(start + EVAL_BATCH, stop)
+        x = normalize(to_unit(split.images[start:end].to(device))).to(dtype)
+        yield x, split.labels[start:end].to(device), start
+
+
+def _dtype_of(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, analyzer: Any = None) -> dict[str, float]:
-    """Mean NLL and accuracy; every batch also goes to ``analyzer`` (a FailureAnalyzer) if given."""
+def evaluate(model: nn.Module, split: Split, device: torch.device, analyzer: Any = None, ranks: Ranks = Ranks()) -> dict[str, float]:
+    """Mean NLL and accuracy; every batch also goes to ``analyzer`` (a FailureAnalyzer) if given.
+    Under torchrun each rank evaluates its share and the results are merged on every rank."""
     model.eval()
     loss = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    offset = 0
-    for x, y in clean_batches(split, device):
+    for x, y, start in clean_batches(split, device, _dtype_of(model), ranks.shard(len(split.labels))):
         out = model(x)
         loss += F.nll_loss(out, y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
         if analyzer is not None:
-            analyzer.update(out, y, inputs=x, indices=torch.arange(offset, offset + len(y), device=device))
-        offset += len(y)
+            analyzer.update(out, y, inputs=x, indices=torch.arange(start, start + len(y), device=device))
+    if analyzer is not None:
+        analyzer.sync()
+    total_loss, total_correct = all_sum([loss.item(), correct.item()], device).tolist()
     n = len(split.labels)
-    return {"loss": loss.item() / n, "accuracy": correct.item() / n}
+    return {"loss": total_loss / n, "accuracy": total_correct / n}
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, batches: int = 50) -> None:
+def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, batches: int = 50, ranks: Ranks = Ranks()) -> None:
     """Re-estimate BatchNorm running statistics on clean images: training saw augmented ones.
-    Dropout stays off, so the statistics are those the evaluation will see."""
+    Dropout stays off, so the statistics are those the evaluation will see. Under torchrun each
+    rank feeds its share of every batch and the global BatchNorm sees the whole batch."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m, m.momentum) for m in norms]
     model.eval()
@@ -91,10 +110,11 @@ def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, 
         m.momentum = None  # cumulative average over the batches below
         m.train()
     try:
-        for i, (x, _) in enumerate(clean_batches(split, device)):
-            if i == batches:
-                break
-            model(x)
+        n = min(batches * EVAL_BATCH, len(split.labels))
+        for start in range(0, n, EVAL_BATCH):
+            share = ranks.shard(min(EVAL_BATCH, n - start))
+            x = normalize(to_unit(split.images[start + share.start : start + share.stop].to(device)))
+            model(x.to(_dtype_of(model)))
     finally:
         for m, momentum in saved:
             m.momentum = momentum
@@ -106,12 +126,20 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: MnistData, console: Console) -> None:
         self.config, self.data, self.console = config, data, console
-        self.recipe = config.recipe
-        self.device = pick_device(config.device)
+        self.recipe, self.ranks = config.recipe, config.ranks
+        self.device = pick_device(config.device, self.ranks)
         torch.manual_seed(config.seed)
+        # data order and augmentation parameters: one stream, the same on every rank
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.train_split = _limited(data.train, config.limit)
-        self.model = build_model(self.recipe).to(self.device)
+        self.model = build_model(self.recipe).to(self.device, config.dtype)  # the same initial weights on every rank
+        self.net: nn.Module = self.model  # what training calls: the model, or its DDP wrapper
+        if self.ranks.distributed:
+            torch.manual_seed(config.seed + self.ranks.rank)  # dropout: each rank its own masks
+            with_global_batchnorm(self.model)
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False  # the global BatchNorm keeps them equal
+            )
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=self.recipe.max_lr / 25, momentum=self.recipe.momentum,
             weight_decay=self.recipe.weight_decay,
@@ -130,12 +158,22 @@ class Trainer:
         return {
             "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "history": self.history, "recipe": self.recipe.to_dict(),
+            "torch_rng": all_gather(self._rng_state()), "history": self.history, "recipe": self.recipe.to_dict(),
             "seed": self.config.seed, "watcher": [record.state() for record in self.watcher.history],
         }
 
     def save(self) -> None:
-        save_tensors(self.state(), self.config.out / CHECKPOINT)
+        """Every rank takes part (the dropout streams are gathered); rank 0 writes."""
+        state = self.state()
+        if self.ranks.main:
+            save_tensors(state, self.config.out / CHECKPOINT)
+
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        """This process's dropout stream (CPU, and the GPU's when training there)."""
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
 
     def restore(self) -> None:
         state = load_tensors(self.config.out / CHECKPOINT)
@@ -145,40 +183,57 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        if len(state["torch_rng"]) != self.ranks.world:
+            raise ValueError(f"{self.config.out / CHECKPOINT} was written by {len(state['torch_rng'])} process(es): "
+                             f"resume with as many (torchrun --nproc_per_node)")
+        rng = state["torch_rng"][self.ranks.rank]
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.history, self.epoch = list(state["history"]), int(state["epoch"])
         self.watcher.history = [EpochRecord.from_state(record) for record in state["watcher"]]
 
     # -- one epoch ------------------------------------------------------------------------------
 
-    def train_epoch(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], progress: Progress, task: Any) -> dict[str, float]:
+    def train_epoch(self, batches: Iterator[Batch], progress: Progress, task: Any) -> dict[str, float]:
+        """One pass over ``batches``; the loss and accuracy returned are those of the whole epoch
+        (every rank's samples); the progress bar shows this rank's running values."""
         self.model.train()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
-        for step, (x, y) in enumerate(batches, 1):
-            out = self.model(x)
-            loss = F.nll_loss(out, y)
+        for step, (x, y, global_batch) in enumerate(batches, 1):
+            out = self.net(x)
+            summed = F.nll_loss(out, y, reduction="sum")
+            # DDP averages gradients over the ranks: this makes them those of the global batch's mean loss
+            loss = summed * (self.ranks.world / global_batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            loss_sum += loss.detach().double() * len(y)
+            loss_sum += summed.detach().double()
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
             if step % 25 == 0 or step == self.steps_per_epoch:  # one device sync per 25 steps
-                progress.update(task, completed=step, loss=loss_sum.item() / seen, acc=correct.item() / seen,
+                progress.update(task, completed=step, loss=loss_sum.item() / max(seen, 1), acc=correct.item() / max(seen, 1),
                                 lr=self.scheduler.get_last_lr()[0])
-        return {"loss": loss_sum.item() / seen, "accuracy": correct.item() / seen}
+        total_loss, total_correct, total_seen = all_sum([loss_sum.item(), correct.item(), seen], self.device).tolist()
+        return {"loss": total_loss / total_seen, "accuracy": total_correct / total_seen}
 
-    def batched_epoch(self, augment: BatchedAugment) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole training set lives on the device; each epoch is one permutation of it."""
+    def batched_epoch(self, augment: BatchedAugment) -> Iterator[Batch]:
+        """The whole training set lives on the device; each epoch is one permutation of it. Every
+        rank draws the same permutation and augmentation parameters and keeps its share of each
+        global batch, so the samples and their augmentations are those of one process."""
         images = self.train_split.images.to(self.device).unsqueeze(1)
         labels = self.train_split.labels.to(self.device)
         order = torch.randperm(len(labels), generator=self.generator).to(self.device)
         for start in range(0, len(labels), self.recipe.batch_size):
             idx = order[start : start + self.recipe.batch_size]
-            yield augment(images[idx]), labels[idx]
+            params = augment.sample(len(idx), self.device)
+            share = self.ranks.shard(len(idx))
+            mine = idx[share]
+            x = augment.apply(images[mine], {k: v[share] for k, v in params.items()})
+            yield x.to(self.config.dtype), labels[mine], len(idx)
 
 
 def _limited(split: Split, limit: int | None) -> Split:
@@ -194,18 +249,23 @@ def progress_bar(console: Console) -> Progress:
 
 
 def run_training(config: TrainConfig, data: MnistData, console: Console | None = None) -> dict[str, Any]:
-    """Train, evaluate and write the run folder; returns the final metrics."""
+    """Train, evaluate and write the run folder; returns the final metrics. Under torchrun every
+    rank calls it with the same arguments; rank 0 prints and writes (give the others a quiet
+    console)."""
     console = console or Console()
+    main = config.ranks.main
     config.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, data, console)
     if config.resume:
         trainer.restore()
         console.print(f"resumed {config.out} after epoch {trainer.epoch}")
-    summary = torchprobe.summary(trainer.model, (1, 28, 28))
-    (config.out / "summary.txt").write_text(render_text(summary))
-    console.print(summary_table(summary))
+    probe_input = torch.zeros(1, 1, 28, 28, dtype=config.dtype)
+    summary = torchprobe.summary(trainer.model.eval(), input_data=probe_input) if main else None  # as evaluated
+    if summary is not None:
+        (config.out / "summary.txt").write_text(render_text(summary))
+        console.print(summary_table(summary))
+        _write_samples(trainer, config.out)
     augment = BatchedAugment(trainer.recipe.augment, generator=trainer.generator)
-    _write_samples(trainer, config.out)
     loader = None
     if config.augment == "torchvision":
         from mnist_demo.loader import torchvision_loader
@@ -224,8 +284,8 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
             seconds = time.perf_counter() - started
             progress.remove_task(task)
             if trainer.recipe.recalibrate_bn:
-                recalibrate_batchnorm(trainer.model, trainer.train_split, trainer.device)
-            val = evaluate(trainer.model, data.val, trainer.device, watcher)
+                recalibrate_batchnorm(trainer.model, trainer.train_split, trainer.device, ranks=config.ranks)
+            val = evaluate(trainer.model, data.val, trainer.device, watcher, config.ranks)
             closed = watcher.end_epoch()
             flips = len(watcher.flips()) if len(watcher.history) >= 2 else 0
             trainer.epoch = epoch
@@ -233,7 +293,7 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
                 "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
                 "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_errors": closed.errors,
                 "val_calibration_error": closed.calibration_error, "flipped_to_wrong": flips,
-                "lr": lr, "epoch_seconds": seconds,
+                "lr": lr, "optimizer_steps": trainer.scheduler.last_epoch, "epoch_seconds": seconds,
             })
             console.print(
                 f"epoch {epoch:>2}  train loss {train['loss']:.4f} acc {train['accuracy']:.4f}  "
@@ -241,14 +301,17 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
                 f"({flips} newly wrong)  {seconds:.1f}s"
             )
             trainer.save()
-            save_json(_metrics(config, data, trainer), config.out / METRICS)
+            if main:
+                save_json(_metrics(config, data, trainer), config.out / METRICS)
     final = FailureAnalyzer(NUM_CLASSES, keep=32)
-    evaluate(trainer.model, data.val, trainer.device, final)
-    test = evaluate(trainer.model, data.test, trainer.device)
-    console.print(final)
-    console.print(f"official test set: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}")
+    evaluate(trainer.model, data.val, trainer.device, final, config.ranks)
+    test = evaluate(trainer.model, data.test, trainer.device, ranks=config.ranks)
     metrics = _metrics(config, data, trainer, test)
     metrics["val_failures"] = final.to_dict(failures=False)
+    if not main:
+        return metrics
+    console.print(final)
+    console.print(f"official test set: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}")
     save_json(metrics, config.out / METRICS)
     save_tensors(trainer.model.state_dict(), config.out / MODEL)
     final.to_csv(config.out / "val_failures.csv")
@@ -268,9 +331,9 @@ def _write_pictures(history: list[dict[str, Any]], analyzer: FailureAnalyzer, ou
         figure.savefig(out / name)
 
 
-def _to_device(loader: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _to_device(loader: Any, device: torch.device) -> Iterator[Batch]:
     for x, y in loader:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), len(y)
 
 
 def _write_samples(trainer: Trainer, out: Path, count: int = 32) -> None:
@@ -285,6 +348,6 @@ def _write_samples(trainer: Trainer, out: Path, count: int = 32) -> None:
 def _metrics(config: TrainConfig, data: MnistData, trainer: Trainer, test: dict[str, float] | None = None) -> dict[str, Any]:
     return {
         "recipe": trainer.recipe.to_dict(), "seed": config.seed, "augment": config.augment,
-        "device": str(trainer.device), "data": data.source, "data_sha256": data.sha256,
+        "device": str(trainer.device), "processes": config.ranks.world, "data": data.source, "data_sha256": data.sha256,
         "train_images": len(trainer.train_split.labels), "history": trainer.history, "test": test,
     }

@@ -1,0 +1,97 @@
+"""``torchrun --nproc_per_node=2`` (gloo, this machine) against one process, and failing ranks.
+
+In float64 and without dropout (the one source of randomness that differs per rank) a
+two-process run computes what one process computes up to the order of floating-point additions:
+the same batches, augmentations, global-batch BatchNorm statistics, gradients and schedule. So
+the test demands the same steps and the same validation confusion matrix, and losses equal to
+1e-9. The two-process run is also interrupted after its first checkpoint and resumed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+
+ARGS = ["--epochs", "3", "--batch-size", "64", "--limit", "1024", "--device", "cpu", "--seed", "5",
+        "--dtype", "float64", "--dropout-scale", "0"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def metrics(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def test_two_processes_compute_what_one_does_and_resume(tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    done = subprocess.run([sys.executable, "-m", "mnist_demo", "train", *ARGS, "--out", str(single)],
+                          capture_output=True, text=True, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+    # two processes, no --out: rank 0 names the one run folder; interrupted once it has a checkpoint
+    job = tmp_path / "job"
+    job.mkdir()
+    process = subprocess.Popen([*TORCHRUN, "-m", "mnist_demo", "train", *ARGS], cwd=job, env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(job / "runs", process)
+    folders = list((job / "runs").iterdir())
+    assert len(folders) == 1, folders  # one run folder, not one per rank
+    folder = folders[0]
+    wait_for(folder / "checkpoint.pt", process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.fail(f"the job finished before it could be interrupted:\n{output}")
+    resumed = subprocess.run([*TORCHRUN, "-m", "mnist_demo", "train", *ARGS, "--out", str(folder), "--resume"],
+                             cwd=job, capture_output=True, text=True, env=ENV, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert list((job / "runs").iterdir()) == [folder]
+
+    one, two = metrics(single), metrics(folder)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert [h["optimizer_steps"] for h in one["history"]] == [h["optimizer_steps"] for h in two["history"]] == [16, 32, 48]
+    for a, b in zip(one["history"], two["history"]):
+        for key in ("train_loss", "val_loss", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-9), key
+        assert a["val_errors"] == b["val_errors"] and a["flipped_to_wrong"] == b["flipped_to_wrong"]
+    confusion = [np.array(m["val_failures"]["confusion_matrix"]) for m in (one, two)]
+    assert np.array_equal(*confusion)
+    assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-9)
+    assert {p.name for p in folder.iterdir()} >= {"model.pt", "report.md", "failures.png", "val_failures.csv"}
+
+
+@pytest.mark.parametrize("fault", ["data", "raise"])
+def test_a_failing_rank_ends_the_job(fault: str, tmp_path: Path) -> None:
+    """A bad data file on one rank, or an exception on one rank mid-training: the whole job exits
+    non-zero with the error on stderr, well before the collectives' timeout."""
+    bad = tmp_path / "mnist.pkl.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x80\x04 truncated")
+    started = time.monotonic()
+    done = subprocess.run([*TORCHRUN, str(Path(__file__).with_name("ddp_faulty.py")), fault, *ARGS,
+                           "--out", str(tmp_path / "run"), "--dist-timeout", "120"],
+                          capture_output=True, text=True, env={**ENV, "BAD_DATA_FILE": str(bad)}, timeout=300)
+    assert done.returncode != 0
+    assert time.monotonic() - started < 120
+    expected = "error: rank 1:" if fault == "data" else "injected failure on rank 1"
+    assert expected in done.stderr, done.stderr[-3000:]
+
