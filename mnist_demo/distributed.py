@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
+import torch.distributed._functional_collectives as collectives
 from torch import nn
 
 
@@ -103,7 +103,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training statistics are those of the global batch (every rank's samples).
 
     What ``nn.SyncBatchNorm`` does, which PyTorch supports on GPUs only: here the sums go through
-    the differentiable ``all_reduce`` of ``torch.distributed.nn``, so it works on gloo too. Two
+    the differentiable functional ``all_reduce`` (what PyTorch's deprecation of
+    ``torch.distributed.nn.functional`` points to), so it works on gloo too. Two
     passes (mean, then squared deviations) keep the numbers those of ``F.batch_norm`` on the whole
     batch up to the order of additions. Evaluation, and any use without a process group of two
     or more, is plain BatchNorm.
@@ -113,10 +114,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         dims = [0, 2, 3]
-        count = dist_nn.all_reduce(x.new_tensor([x.numel() / x.shape[1]]))
-        mean = dist_nn.all_reduce(x.sum(dims)) / count
+        count = _summed(x.new_tensor([x.numel() / x.shape[1]]))
+        mean = _summed(x.sum(dims)) / count
         centred = x - mean[None, :, None, None]
-        var = dist_nn.all_reduce(centred.pow(2).sum(dims)) / count
+        var = _summed(centred.pow(2).sum(dims)) / count
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach() * count / (count - 1).clamp(min=1))
         scale = torch.rsqrt(var + self.eps)
@@ -132,6 +133,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_mean.lerp_(mean, factor)
         self.running_var.lerp_(unbiased_var, factor)
+
+
+def _summed(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over the ranks, differentiable (its gradient is the sum of the ranks' gradients)."""
+    return collectives.all_reduce(tensor, "sum", dist.group.WORLD)
 
 
 def with_global_batchnorm(model: nn.Module) -> nn.Module:

@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_demo.distributed import with_global_batchnorm
+from mnist_demo.model import Net
+from tests.test_failures_distributed import free_port
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -95,3 +103,42 @@ def test_a_failing_rank_ends_the_job(fault: str, tmp_path: Path) -> None:
     expected = "error: rank 1:" if fault == "data" else "injected failure on rank 1"
     assert expected in done.stderr, done.stderr[-3000:]
 
+
+
+def global_batchnorm_worker(rank: int, world: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        reference = Net(dropout_scale=0.0).double()
+        model = with_global_batchnorm(Net(dropout_scale=0.0).double())
+        model.load_state_dict(reference.state_dict())  # the same keys: only the class changed
+        assert all(type(m) is not nn.BatchNorm2d for m in model.modules())
+        for bn in (m for m in [*model.modules(), *reference.modules()] if isinstance(m, nn.BatchNorm2d)):
+            bn.momentum = None if bn.num_features % 2 else 0.3  # cumulative and exponential averages
+        g = torch.Generator().manual_seed(1)
+        for _ in range(2):
+            x = torch.randn(40, 1, 28, 28, generator=g, dtype=torch.float64)
+            y = torch.randint(0, 10, (40,), generator=g)
+            share = slice(40 * rank // world, 40 * (rank + 1) // world)  # 13 and 27 images: unequal shares
+            out_ref = reference(x)
+            F.nll_loss(out_ref, y, reduction="sum").backward()
+            out = model(x[share])
+            F.nll_loss(out, y[share], reduction="sum").backward()
+            assert torch.allclose(out, out_ref[share], atol=1e-12)
+        for p, q in zip(model.parameters(), reference.parameters()):
+            dist.all_reduce(p.grad)  # the ranks' gradients add up to the whole batch's
+            assert torch.allclose(p.grad, q.grad, atol=1e-10)
+        for a, b in zip(model.buffers(), reference.buffers()):
+            assert torch.allclose(a.double(), b.double(), atol=1e-12)
+        model.eval()
+        x = torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64)
+        assert torch.allclose(model(x), reference.eval()(x), atol=1e-10)  # evaluation: plain BatchNorm, no collective
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batchnorm_is_batchnorm_of_the_whole_batch() -> None:
+    """Two gloo processes with unequal shares of each batch: outputs, summed gradients and running
+    statistics (exponential and cumulative) are those of one BatchNorm over the whole batch."""
+    mp.spawn(global_batchnorm_worker, args=(2, free_port()), nprocs=2)  # a failed assertion fails the spawn
