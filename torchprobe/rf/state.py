@@ -46,6 +46,8 @@ class TensorRF:
 
     def fused(self) -> TensorRF:
         """The same state with its support in fewest terms."""
+        if all(len(m.terms) == 1 and m.terms[0].reaches().any() for m in self.axes):
+            return self  # one term that reaches some unit: already fused (the common case)
         terms = fused(self.factors)
         return replace(self, axes=tuple(m.with_terms(t[a] for t in terms) for a, m in enumerate(self.axes)))
 

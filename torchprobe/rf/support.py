@@ -172,6 +172,9 @@ def covers(factors: Factors, axis: int, size: int) -> bool:
     check runs over those classes per axis, never over the whole grid of units."""
     if not factors:
         return False
+    if len(factors) == 1:  # one product: every unit of every axis reached, and this axis whole
+        term = factors[0]
+        return all(f.reaches().all() for f in term) and bool((term[axis].lo <= 0).all() and (term[axis].hi >= size - 1).all())
     n_axes = len(factors[0])
     classes = [_classes(factors, b, axis, size) for b in range(n_axes)]
 
@@ -198,4 +201,9 @@ def _classes(factors: Factors, b: int, axis: int, size: int) -> np.ndarray:
         f = term[b]
         reach = f.reaches()
         columns += [reach & (f.lo <= 0), reach & (f.hi >= size - 1)] if b == axis else [reach]
-    return np.unique(np.stack(columns, axis=1), axis=0)
+    rows = np.stack(columns, axis=1)
+    if rows.shape[1] > 62:
+        return np.unique(rows, axis=0)
+    bits = np.arange(rows.shape[1], dtype=np.int64)
+    codes = np.unique((rows.astype(np.int64) << bits).sum(axis=1))  # one integer per row: a fast unique
+    return ((codes[:, None] >> bits) & 1).astype(bool)
