@@ -10,7 +10,7 @@ from typing import Any
 from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.probe import LayerRecord
 from torchprobe.rf.state import TensorRF, UnknownRF
-from torchprobe.rf.support import covers, joint_span, seen
+from torchprobe.rf.support import Support, covers, joint_span, seen
 
 RF_SCHEMA = "torchprobe.rf/1"
 
@@ -43,18 +43,22 @@ class LayerRF:
     def span(self, unit: int | Sequence[int], clip: bool = True) -> tuple[tuple[int, int] | None, ...]:
         """Input pixels ``(first, last)`` per axis that output ``unit`` depends on; with ``clip``
         False, its span by the RF convention (padding included). None where it sees nothing."""
-        if self.maps is None:
-            raise ValueError(f"the receptive field of {self.name or '(model)'} is unknown")
+        factors = self.factors
         units = (unit,) * len(self.maps) if isinstance(unit, int) else tuple(unit)
         if clip:
-            return joint_span(list(zip(*(m.terms for m in self.maps))), units)
+            return joint_span(factors, units)
         return tuple(m.span(u) for m, u in zip(self.maps, units))
 
     def seen(self, axis: int) -> tuple[int, int] | None:
         """The pixels of ``axis`` that some unit depends on (their hull)."""
+        return seen(self.factors, axis)
+
+    @property
+    def factors(self) -> list[tuple[Support, ...]]:
+        """The output's support as terms: ``factors[t][a]`` (see :mod:`torchprobe.rf.support`)."""
         if self.maps is None:
             raise ValueError(f"the receptive field of {self.name or '(model)'} is unknown")
-        return seen(list(zip(*(m.terms for m in self.maps))), axis)
+        return list(zip(*(m.terms for m in self.maps)))
 
     @property
     def known(self) -> bool:
