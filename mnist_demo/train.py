@@ -137,8 +137,8 @@ class Trainer:
         if self.ranks.distributed:
             torch.manual_seed(config.seed + self.ranks.rank)  # dropout: each rank its own masks
             with_global_batchnorm(self.model)
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False  # the global BatchNorm keeps them equal
+            self.net = nn.parallel.DistributedDataParallel(  # buffers: the global BatchNorm keeps them equal
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False
             )
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=self.recipe.max_lr / 25, momentum=self.recipe.momentum,
