@@ -116,13 +116,10 @@ class AxisMap:
     @property
     def uniform(self) -> bool:
         """True when every unit has the same width and the centres step by exactly ``jump``."""
-        if any(l is None for l in self.lo):
-            return False
-        base_lo, base_hi = self.lo[0], self.hi[0]
-        return all(
-            l == base_lo + r * self.jump and h == base_hi + r * self.jump
-            for r, (l, h) in enumerate(zip(self.lo, self.hi))
-        )
+        if any(l is None for l in self.lo) or self.shift % self.period:
+            return False  # (a fractional jump cannot step whole-pixel spans evenly)
+        step, base_lo, base_hi = self.shift // self.period, self.lo[0], self.hi[0]
+        return all(l == base_lo + r * step and h == base_hi + r * step for r, (l, h) in enumerate(zip(self.lo, self.hi)))
 
     def hull(self) -> Span:
         """Union of the spans of the real units (what a reduction over the axis sees)."""
