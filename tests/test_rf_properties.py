@@ -208,6 +208,30 @@ def test_misaligned_merges(name: str) -> None:
     check_model(model, size, None)
 
 
+class Cumsum(nn.Module):
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.cumsum(self.dim)
+
+
+CUMULATIVE = {
+    "conv, cumsum, conv": (nn.Sequential(nn.Conv1d(1, 1, 3, padding=1), Cumsum(), nn.Conv1d(1, 1, 3, padding=1)), (1, 9)),
+    "upsample, cumsum, strided conv": (nn.Sequential(nn.Upsample(scale_factor=2), Cumsum(), nn.Conv1d(1, 1, 3, 2, 2)), (1, 7)),
+    "transposed conv with holes, cumsum": (nn.Sequential(nn.ConvTranspose1d(1, 1, 2, 3), Cumsum(), nn.Conv1d(1, 1, 3, padding=3)), (1, 5)),
+    "cumsum along H of a 2-D map": (nn.Sequential(nn.Conv2d(1, 1, 3, 2), Cumsum(-2), nn.Conv2d(1, 1, 2)), (1, 9, 8)),
+}
+
+
+@pytest.mark.parametrize("name", list(CUMULATIVE))
+def test_cumulative_ops(name: str) -> None:
+    """``cumsum`` reads every earlier unit (a prefix, computed in linear time): every unit checked."""
+    model, size = CUMULATIVE[name]
+    check_model(model, size, None)
+
+
 # -- border cases that once broke exact equality ----------------------------------------------------
 
 

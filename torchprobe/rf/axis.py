@@ -188,6 +188,21 @@ class AxisMap:
         shift = self.shift * tiles * n_in // self.period
         return AxisMap.from_table(spans, shift, self.size, len(rows), self._read(*taps_of_rows(rows)))
 
+    def cumulative(self) -> AxisMap:
+        """Unit ``o`` reads units ``0 .. o`` (``cumsum`` and kin): :meth:`gathered` with prefix
+        rows, in linear time. Beyond the tensor the prefixes restart every tile, as there."""
+        n_in = self.units
+        tiles = self.period // math.gcd(self.period, n_in)
+        spans: list[Span] = []
+        for k in range(tiles):
+            lo: int | None = None
+            hi: int | None = None
+            for unit in range(k * n_in, (k + 1) * n_in):
+                lo, hi = _merge((lo, hi) if lo is not None else None, self.span(unit))
+                spans.append((lo, hi))
+        terms = tuple(Support(np.minimum.accumulate(t.lo), np.maximum.accumulate(t.hi)) for t in self.terms)
+        return AxisMap.from_table(spans, self.shift * tiles * n_in // self.period, self.size, n_in, terms)
+
     def union(self, other: AxisMap, units: int) -> AxisMap:
         """Per-unit union of two maps of the same axis (a merge: ``+``, ``*``, ``cat`` on channels)."""
         terms = tuple(t.broadcast(units) for t in self.terms + other.terms)

@@ -717,7 +717,7 @@ def roll(ctx: RuleContext) -> RuleResult:
 @register_rf_rule("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp")
 def cumulative(ctx: RuleContext) -> RuleResult:
     """Unit ``o`` along ``dim`` depends on units ``0 .. o``."""
-    return _along(ctx, ctx.arg(1, "dim"), lambda m, n, _out: m.gathered([range(o + 1) for o in range(n)]))
+    return _along(ctx, ctx.arg(1, "dim"), lambda m, _in, _out: m.cumulative())
 
 
 def _attention(ctx: RuleContext, query: torch.Tensor, keys: Sequence[torch.Tensor], seq_dim: int) -> RuleResult:
