@@ -16,6 +16,7 @@ from rich.table import Table
 from mnist_demo.data import DataError, load_mnist
 from mnist_demo.recipe import RECIPES
 from mnist_demo.run import new_run_folder
+from torchprobe.cli import run_console_script
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="The reference workload: the seed's MNIST CNN, trained offline with torchprobe attached.")
@@ -129,4 +130,4 @@ def bench(
 
 
 if __name__ == "__main__":
-    app()
+    run_console_script(app)

@@ -161,9 +161,14 @@ def _report(message: str, code: int, debug: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry: typer's own usage errors become one ``error:`` line, exit 2."""
+    """The ``torchprobe`` console script."""
+    run_console_script(app)
+
+
+def run_console_script(command: typer.Typer) -> None:
+    """Run a typer app as a script: typer's own usage errors become one ``error:`` line, exit 2."""
     try:
-        code = app(standalone_mode=False)
+        code = command(standalone_mode=False)
     except typer.Abort:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
