@@ -29,7 +29,7 @@ from torch import nn
 
 from mnist_demo.distributed import with_global_batchnorm
 from mnist_demo.model import Net
-from tests.test_failures_distributed import free_port
+from tests.processes import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -41,12 +41,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def metrics(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "metrics.json").read_text())
-
-
-def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
 
 
 def test_two_processes_compute_what_one_does_and_resume(tmp_path: Path) -> None:

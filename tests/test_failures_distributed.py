@@ -3,7 +3,6 @@ has after seeing every batch (counts, failure records, kept inputs, history)."""
 
 from __future__ import annotations
 
-import socket
 import warnings
 
 import pytest
@@ -11,15 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.processes import free_port
 from torchprobe.failures import FailureAnalyzer
 
 CLASSES, SAMPLES, KEEP = 6, 300, 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from mnist_demo.model import Net
 from mnist_demo.recipe import DEFAULT, SEED
 from mnist_demo.run import load_tensors
 from mnist_demo.train import Trainer, TrainConfig, run_training
+from tests.processes import wait_for
 
 RUN_FILES = {"metrics.json", "curves.png", "samples.png", "failures.png", "confusion.png", "summary.txt", "model.pt",
              "report.md", "val_failures.csv", "checkpoint.pt"}
@@ -94,9 +94,7 @@ def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(tmp_path: Path
     command = [sys.executable, "-m", "mnist_demo", "train", "--epochs", "3", "--batch-size", "64", "--limit", "2048",
                "--device", "cpu", "--seed", "3", "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(out / "checkpoint.pt", process)
     assert process.poll() is None, "training ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)

@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
+from functools import reduce
 
 import numpy as np
 
@@ -183,25 +184,23 @@ class AxisMap:
         pattern). Beyond the tensor the pattern tiles: unit ``o + k*len(rows)`` reads
         ``rows[o]`` moved by ``k`` times the input's length."""
         n_in = self.units
-        tiles = self.period // math.gcd(self.period, n_in)  # tiles that bring the input map back in phase
+        tiles, shift = self._tiling()
         spans = [self.union_of(t + k * n_in for t in row) for k in range(tiles) for row in rows]
-        shift = self.shift * tiles * n_in // self.period
         return AxisMap.from_table(spans, shift, self.size, len(rows), self._read(*taps_of_rows(rows)))
 
     def cumulative(self) -> AxisMap:
         """Unit ``o`` reads units ``0 .. o`` (``cumsum`` and kin): :meth:`gathered` with prefix
         rows, in linear time. Beyond the tensor the prefixes restart every tile, as there."""
         n_in = self.units
-        tiles = self.period // math.gcd(self.period, n_in)
+        tiles, shift = self._tiling()
         spans: list[Span] = []
         for k in range(tiles):
-            lo: int | None = None
-            hi: int | None = None
+            hull: Span = (None, None)
             for unit in range(k * n_in, (k + 1) * n_in):
-                lo, hi = _merge((lo, hi) if lo is not None else None, self.span(unit))
-                spans.append((lo, hi))
+                hull = _merge(hull, self.span(unit))
+                spans.append(hull)
         terms = tuple(Support(np.minimum.accumulate(t.lo), np.maximum.accumulate(t.hi)) for t in self.terms)
-        return AxisMap.from_table(spans, self.shift * tiles * n_in // self.period, self.size, n_in, terms)
+        return AxisMap.from_table(spans, shift, self.size, n_in, terms)
 
     def union(self, other: AxisMap, units: int) -> AxisMap:
         """Per-unit union of two maps of the same axis (a merge: ``+``, ``*``, ``cat`` on channels)."""
@@ -218,14 +217,13 @@ class AxisMap:
 
     def union_of(self, units: Iterable[int]) -> Span:
         """Hull of the spans of ``units``: what a unit reading all of them sees."""
-        lo: int | None = None
-        hi: int | None = None
-        for unit in units:
-            s = self.span(unit)
-            if s is not None:
-                lo = s[0] if lo is None else min(lo, s[0])
-                hi = s[1] if hi is None else max(hi, s[1])
-        return lo, hi
+        return reduce(_merge, (self.span(unit) for unit in units), (None, None))
+
+    def _tiling(self) -> tuple[int, int]:
+        """How many copies of the input's length bring this map back in phase, and their shift in
+        pixels (whole: ``tiles * units`` is a multiple of the period)."""
+        tiles = self.period // math.gcd(self.period, self.units)
+        return tiles, self.shift * tiles * self.units // self.period
 
     def _read(self, taps: np.ndarray, mask: np.ndarray | None = None) -> tuple[Support, ...]:
         """Every term of the support, read through ``taps`` (see :meth:`Support.read`)."""
@@ -268,10 +266,11 @@ def _shifted(value: int | None, step: int) -> int | None:
     return None if value is None else value + step
 
 
-def _merge(a: tuple[int, int] | None, b: tuple[int, int] | None) -> tuple[int | None, int | None]:
-    if a is None:
+def _merge(a: Span | tuple[int, int] | None, b: Span | tuple[int, int] | None) -> Span:
+    """Hull of two spans; None or ``(None, None)`` is no pixel."""
+    if a is None or a[0] is None:
         return b if b is not None else (None, None)
-    if b is None:
+    if b is None or b[0] is None:
         return a
     return min(a[0], b[0]), max(a[1], b[1])
 

@@ -84,7 +84,6 @@ class Support:
         hi = np.where(valid, self.hi[safe], _NO_HI).max(axis=1, initial=_NO_HI)
         return Support(lo, hi)
 
-
     def reduced(self) -> Support:
         """One unit that reads every unit (a reduction over the axis)."""
         if len(self) == 0:
