@@ -25,7 +25,7 @@ from mnist_demo.recipe import Recipe
 from mnist_demo.report import write_report
 from mnist_demo.run import CHECKPOINT, METRICS, MODEL, load_tensors, save_json, save_tensors
 from torchprobe.failures import EpochRecord, FailureAnalyzer
-from torchprobe.report import render_text, summary_table
+from torchprobe.render import render_text, summary_table
 
 EVAL_BATCH = 1000
 NUM_CLASSES = 10

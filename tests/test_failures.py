@@ -21,10 +21,10 @@ from hypothesis.extra import numpy as hnp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import torchprobe.failures as failures_module
+import torchprobe.failures.analyzer as failures_module
 from mnist_demo.model import Net
 from torchprobe.failures import Failure, FailureAnalyzer, analyze_failures
-from torchprobe.report import render_text
+from torchprobe.render import render_text
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
@@ -420,7 +420,7 @@ def test_gallery_shows_de_normalised_inputs_with_captions(digits) -> None:
 
 
 def test_torchprobe_works_without_matplotlib(monkeypatch: pytest.MonkeyPatch, digits) -> None:
-    code = "import sys, torchprobe, torchprobe.failures, torchprobe.plots; assert 'matplotlib' not in sys.modules"
+    code = "import sys, torchprobe, torchprobe.failures, torchprobe.render.plots; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
     from torchprobe import plots
 

@@ -36,7 +36,8 @@ def rules(monkeypatch: pytest.MonkeyPatch) -> RuleRegistry:
 def test_without_a_rule_the_rf_is_unknown_and_says_how_to_register(rules: RuleRegistry) -> None:
     result = torchprobe.receptive_field(model(), (1, 16, 16))
     assert not result.output.known
-    assert any("register_rf_rule('fft_fft2')" in d for d in result.diagnostics)
+    assert any("register_rf_rule('fft_fft2')" in str(d) for d in result.diagnostics)
+    assert (result.diagnostics[0].code, result.diagnostics[0].op) == ("no_rule", "fft_fft2")
     with pytest.raises(torchprobe.RFError, match="fft_fft2"):
         torchprobe.receptive_field(model(), (1, 16, 16), strict=True)
 
@@ -68,7 +69,7 @@ def test_rules_from_the_entry_point_group_are_loaded(monkeypatch: pytest.MonkeyP
         return plugin
 
     entry = types.SimpleNamespace(name="blur", load=load)
-    monkeypatch.setattr("torchprobe.rf.rules.entry_points", lambda group: [entry] if group == "torchprobe.rf_rules" else [])
+    monkeypatch.setattr("torchprobe.rf.rules.core.entry_points", lambda group: [entry] if group == "torchprobe.rf_rules" else [])
     monkeypatch.setattr(sys.modules["torchprobe.rf.probe"], "RULES", registry)
     result = torchprobe.receptive_field(model(), (1, 16, 16))
     assert result.output.rf == (7, 7)

@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
 
 import torchprobe
-from torchprobe.report import verdict
+from torchprobe.render.rf import verdict
 from torchprobe.rf.result import LayerRF, RFResult
 
 CLASSIFIERS = ["resnet18", "resnet50", "vgg16", "alexnet", "inception_v3", "mobilenet_v2", "densenet121",

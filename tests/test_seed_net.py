@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torchprobe
 from mnist_demo.model import Net
-from torchprobe.report import render_text
+from torchprobe.render import render_text
 
 # Per axis, by hand (../shared/seed-notes.md): conv0 .. conv1x1_reduce_1.
 HAND_RF = {

@@ -10,7 +10,7 @@ from torch import nn
 import torchprobe
 from mnist_demo.model import Net
 from tests.zoo import DictOutput, KeywordInputs, LeNet, SharedAndTied
-from torchprobe.report import render_text
+from torchprobe.render import render_text
 
 
 def failure(model: nn.Module, *args, **kwargs) -> torchprobe.ShapeError:

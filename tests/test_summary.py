@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import torchprobe
 from mnist_demo.model import Net
 from tests.zoo import DictOutput, KeywordInputs, SharedAndTied
-from torchprobe.report import render_text, summary_table
+from torchprobe.render import render_text, summary_table
 
 
 def unique_parameter_count(model: torch.nn.Module) -> int:

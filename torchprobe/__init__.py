@@ -1,18 +1,30 @@
-"""torchprobe: look inside any PyTorch model through forward hooks and function modes."""
+"""torchprobe: look inside any PyTorch model through forward hooks and function modes.
+
+The entry points (``receptive_field``, ``summary``, ``trace``, ``measure_receptive_field``,
+``analyze_failures``) return result objects that print as tables, render in notebooks and turn
+into JSON with ``to_dict()``. Rule plugins: :mod:`torchprobe.rf.rules`; probes:
+:mod:`torchprobe.engine`.
+"""
 
 from torchprobe.api import receptive_field, summary, trace
-from torchprobe.failures import EpochRecord, Failure, FailureAnalyzer, FailureHook, analyze_failures
+from torchprobe.engine import CallSite, ModuleCall, OpCall, Probe, Tracer
 from torchprobe.errors import ForwardError, RFError, ShapeError, TorchProbeError, UsageError
-from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe
-from torchprobe.rf.measure import measure_receptive_field
-from torchprobe.rf.result import LayerRF, RFResult
+from torchprobe.failures import EpochRecord, Failure, FailureAnalyzer, FailureHook, analyze_failures
+from torchprobe.notes import Note
+from torchprobe.render import plots
+from torchprobe.rf.measure import MeasuredRF, measure_receptive_field
+from torchprobe.rf.result import AxisStep, LayerRF, RFResult, RFStep
 from torchprobe.rf.rules import RuleContext, register_rf_rule
-from torchprobe.trace import Tracer
+from torchprobe.shapes.diagnose import Diagnosis
+from torchprobe.shapes.result import CallRow, ShapeTrace
+from torchprobe.shapes.tensors import TensorDesc
+from torchprobe.stats.result import ModelSummary, SummaryLine
+from torchprobe.version import __version__
 
 __all__ = [
-    "ForwardError", "LayerRF", "ModuleCall", "OpCall", "Probe", "RFError", "RFResult", "RuleContext",
-    "TorchProbeError", "Tracer", "UsageError", "measure_receptive_field", "receptive_field",
-    "register_probe", "register_rf_rule", "ShapeError", "summary", "trace",
-    "EpochRecord", "Failure", "FailureAnalyzer", "FailureHook", "analyze_failures",
+    "AxisStep", "CallRow", "CallSite", "Diagnosis", "EpochRecord", "Failure", "FailureAnalyzer", "FailureHook",
+    "ForwardError", "LayerRF", "MeasuredRF", "ModelSummary", "ModuleCall", "Note", "OpCall", "Probe", "RFError",
+    "RFResult", "RFStep", "RuleContext", "ShapeError", "ShapeTrace", "SummaryLine", "TensorDesc", "TorchProbeError",
+    "Tracer", "UsageError", "__version__", "analyze_failures", "measure_receptive_field", "plots", "receptive_field",
+    "register_rf_rule", "summary", "trace",
 ]
-__version__ = "0.1.0"

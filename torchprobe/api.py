@@ -8,16 +8,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchprobe.diagnose import diagnose
+from torchprobe.engine.inputs import model_inputs
+from torchprobe.engine.tracer import TraceOutcome, Tracer
 from torchprobe.errors import ForwardError, ShapeError
-from torchprobe.inputs import model_inputs
-from torchprobe.report import render_text
 from torchprobe.rf.probe import RFProbe
 from torchprobe.rf.result import LayerRF, RFResult
-from torchprobe.shapes import ShapeProbe, ShapeTrace, describe
-from torchprobe.smallest import smallest_input_size
-from torchprobe.summary import ModelSummary, SummaryProbe
-from torchprobe.trace import TraceOutcome, Tracer
+from torchprobe.shapes.diagnose import diagnose
+from torchprobe.shapes.probe import ShapeProbe
+from torchprobe.shapes.result import ShapeTrace
+from torchprobe.shapes.smallest import smallest_input_size
+from torchprobe.shapes.tensors import describe
+from torchprobe.stats.probe import SummaryProbe
+from torchprobe.stats.result import ModelSummary
 
 
 def receptive_field(
@@ -103,5 +105,5 @@ def trace(
         diagnosis = diagnose(cause, probe.failed_stack, probe.failed_op, probe.producer_of, smallest)
         partial = ShapeTrace(shapes, tuple(probe.result()), "meta", None, diagnosis)
         summary = f"{diagnosis.module or '(model)'} ({diagnosis.module_type}): {diagnosis.fix}"
-        raise ShapeError(render_text(partial), summary, partial, diagnosis, error.input_related) from cause
+        raise ShapeError(str(partial), summary, partial, diagnosis, error.input_related) from cause
     return ShapeTrace(shapes, tuple(probe.result()), outcome.device, outcome.fallback_reason)

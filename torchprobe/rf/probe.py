@@ -9,28 +9,24 @@ from typing import Any
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from torchprobe.engine.events import CallSite, ModuleCall, OpCall, shows_its_ops
+from torchprobe.engine.probe import Probe
+from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.errors import RFError, UsageError
-from torchprobe.probe import ModuleCall, OpCall, Probe, register_probe, shows_its_ops
-from torchprobe.rf.rules import RULES, RuleContext, RuleResult
+from torchprobe.notes import Note, NoteCode
+from torchprobe.rf.rules import RULES, Rule, RuleContext, RuleResult
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
-from torchprobe.trace import tensors_in
 
 
 @dataclass(frozen=True)
-class LayerRecord:
+class LayerRecord(CallSite):
     """One row: a module call, or a functional op that changed the RF inside a composite module."""
 
-    name: str
-    type: str
-    call: int
-    depth: int
-    kind: str  # "module" or "op"
     output_shape: tuple[int, ...] | None
     state: RFState | None
     leaf: bool = True  # False for a module with submodules: its row repeats what they did
 
 
-@register_probe("rf")
 class RFProbe(Probe):
     """Receptive field of every module call with respect to one input (``input_index``)."""
 
@@ -40,14 +36,14 @@ class RFProbe(Probe):
         self.states: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self.records: list[LayerRecord | None] = []  # None: a module call that has not returned
         self._slots: dict[int, int] = {}
-        self.diagnostics: list[str] = []
+        self.notes: list[Note] = []
         self.input_shape: tuple[int, ...] = ()
         self._ruled_depth: int | None = None  # inside a module that has its own rule
         self._op_calls: dict[str, int] = {}
 
     def start(self, inputs: Sequence[Any]) -> None:
         self.states = WeakTensorKeyDictionary()
-        self.records, self.diagnostics, self._op_calls, self._ruled_depth, self._slots = [], [], {}, None, {}
+        self.records, self.notes, self._op_calls, self._ruled_depth, self._slots = [], [], {}, None, {}
         if self.input_index >= len(inputs) or not isinstance(inputs[self.input_index], torch.Tensor):
             raise UsageError(f"input {self.input_index} is not a tensor: nothing to compute a receptive field of")
         x = inputs[self.input_index]
@@ -78,9 +74,8 @@ class RFProbe(Probe):
             return
         outputs = tensors_in(call.output)
         self.records[self._slots.pop(id(call))] = LayerRecord(
-            call.name, call.type, call.call, call.depth, "module",
-            tuple(outputs[0].shape) if outputs else None, self._primary_state(outputs),
-            leaf=call.leaf,
+            **vars(call.site), output_shape=tuple(outputs[0].shape) if outputs else None,
+            state=self._primary_state(outputs), leaf=call.leaf,
         )
 
     def function(self, op: OpCall) -> None:
@@ -102,32 +97,31 @@ class RFProbe(Probe):
     def _state_of(self, tensor: torch.Tensor) -> RFState | None:
         return self.states.get(tensor)
 
-    def _apply(self, rule: Any, context: RuleContext, op: str, where: str) -> RuleResult:
+    def _apply(self, rule: Rule | None, context: RuleContext, op: str, where: str) -> RuleResult:
         if rule is None:
-            return self._unknown(UnknownRF(op, where), hint=True)
+            return self._unknown(UnknownRF(op, where), "no_rule")
         try:
             result = rule(context)
         except Exception as error:  # a rule that cannot read these arguments must not end the analysis
-            return self._unknown(UnknownRF(op, where), detail=f"its rule failed: {error}")
+            return self._unknown(UnknownRF(op, where), "rule_failed", detail=f"its rule failed: {error}")
         for note in context.notes:
-            self._diagnose(f"{note} (in {where or '<root>'})")
+            self._note(Note("approximation", op, where, f"{note} (in {where or '<root>'})"))
         if isinstance(result, UnknownRF) and not result.where:
-            result = UnknownRF(result.op, where)
-            return self._unknown(result, hint=True)
+            return self._unknown(UnknownRF(result.op, where), "unsupported")
         return result
 
-    def _unknown(self, unknown: UnknownRF, hint: bool = False, detail: str = "") -> UnknownRF:
+    def _unknown(self, unknown: UnknownRF, code: NoteCode, detail: str = "") -> UnknownRF:
         message = unknown.reason + (f"; {detail}" if detail else "")
-        if hint:
+        if code != "rule_failed":
             message += f"; register one with @torchprobe.register_rf_rule({unknown.op!r})"
         if self.strict:
             raise RFError(message)
-        self._diagnose(message)
+        self._note(Note(code, unknown.op, unknown.where, message))
         return unknown
 
-    def _diagnose(self, message: str) -> None:
-        if message not in self.diagnostics:
-            self.diagnostics.append(message)
+    def _note(self, note: Note) -> None:
+        if note not in self.notes:
+            self.notes.append(note)
 
     def _assign(self, output: Any, result: RuleResult) -> None:
         """Give each output tensor its state (its support in fewest terms)."""
@@ -152,15 +146,12 @@ class RFProbe(Probe):
         state = result[0] if isinstance(result, (list, tuple)) else result
         if len(known) < 2 and known and known[0] == state:
             return
-        name = f"{owner.name}.{op.name}" if owner is not None and owner.name else op.name
-        call = self._op_calls.get(name, 0)
-        self._op_calls[name] = call + 1
+        site = op.site()
+        site = op.site(self._op_calls.get(site.name, 0))
+        self._op_calls[site.name] = site.call + 1
         outputs = tensors_in(op.output) or tensors_in(op.args[:1])
-        depth = owner.depth + 1 if owner is not None else 0
-        self.records.append(
-            LayerRecord(name, op.name, call, depth, "op", tuple(outputs[0].shape) if outputs else None, state)
-        )
+        self.records.append(LayerRecord(**vars(site), output_shape=tuple(outputs[0].shape) if outputs else None, state=state))
 
-    def result(self) -> tuple[list[LayerRecord], list[str]]:
+    def result(self) -> tuple[list[LayerRecord], list[Note]]:
         """Rows in call order (modules that never returned, after a failure, are left out)."""
-        return [r for r in self.records if r is not None], self.diagnostics
+        return [r for r in self.records if r is not None], self.notes

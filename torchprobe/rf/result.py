@@ -3,31 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Any
 
+from torchprobe.display import Displayable
+from torchprobe.engine.events import CallSite
+from torchprobe.notes import Note, fallback_notes
 from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.probe import LayerRecord
 from torchprobe.rf.state import TensorRF, UnknownRF
 from torchprobe.rf.support import Support, covers, joint_span, seen
 
-RF_SCHEMA = "torchprobe.rf/1"
+RF_SCHEMA = "torchprobe.rf/2"
 
 
 @dataclass(frozen=True)
-class LayerRF:
+class LayerRF(CallSite):
     """Receptive field of one module call (or functional op), per spatial axis of the input.
 
     ``rf``/``jump``/``start`` are None on axes where the RF is unknown or the output does not
-    depend on the input at all (``depends`` is False then).
+    depend on the input at all.
     """
 
-    name: str
-    type: str
-    call: int
-    depth: int
-    kind: str
     output_shape: tuple[int, ...] | None
     rf: tuple[int | None, ...]
     jump: tuple[Fraction | None, ...]
@@ -43,22 +41,37 @@ class LayerRF:
     def span(self, unit: int | Sequence[int], clip: bool = True) -> tuple[tuple[int, int] | None, ...]:
         """Input pixels ``(first, last)`` per axis that output ``unit`` depends on; with ``clip``
         False, its span by the RF convention (padding included). None where it sees nothing."""
-        factors = self.factors
-        units = (unit,) * len(self.maps) if isinstance(unit, int) else tuple(unit)
+        maps = self.known_maps
+        units = (unit,) * len(maps) if isinstance(unit, int) else tuple(unit)
         if clip:
-            return joint_span(factors, units)
-        return tuple(m.span(u) for m, u in zip(self.maps, units))
+            return joint_span(self.factors, units)
+        return tuple(m.span(u) for m, u in zip(maps, units))
 
     def seen(self, axis: int) -> tuple[int, int] | None:
         """The pixels of ``axis`` that some unit depends on (their hull)."""
         return seen(self.factors, axis)
 
+    def unseen(self, axis: int) -> list[tuple[int, int]] | None:
+        """Border pixel ranges ``(first, last)`` of ``axis`` that no unit sees (floor division in an
+        unpadded strided layer drops some); None when no unit sees any pixel of it."""
+        pixels = self.seen(axis)
+        if pixels is None:
+            return None
+        lo, hi = pixels
+        last = self.known_maps[axis].size - 1
+        return ([(0, lo - 1)] if lo > 0 else []) + ([(hi + 1, last)] if hi < last else [])
+
     @property
     def factors(self) -> list[tuple[Support, ...]]:
         """The output's support as terms: ``factors[t][a]`` (see :mod:`torchprobe.rf.support`)."""
+        return list(zip(*(m.terms for m in self.known_maps)))
+
+    @property
+    def known_maps(self) -> tuple[AxisMap, ...]:
+        """The span maps; a ValueError for a layer whose RF is unknown."""
         if self.maps is None:
             raise ValueError(f"the receptive field of {self.name or '(model)'} is unknown")
-        return list(zip(*(m.terms for m in self.maps)))
+        return self.maps
 
     @property
     def known(self) -> bool:
@@ -68,14 +81,16 @@ class LayerRF:
     def from_record(cls, record: LayerRecord, n_axes: int) -> LayerRF:
         state = record.state
         blank = (None,) * n_axes
-        common = (record.name, record.type, record.call, record.depth, record.kind, record.output_shape)
+        site = {f.name: getattr(record, f.name) for f in fields(CallSite)}
         if not isinstance(state, TensorRF):
             unknown = state.reason if isinstance(state, UnknownRF) else None
-            return cls(*common, blank, blank, blank, (False,) * n_axes, True, True, unknown, record.leaf)
+            return cls(**site, output_shape=record.output_shape, rf=blank, jump=blank, start=blank,
+                       is_global=(False,) * n_axes, aligned=True, uniform=True, unknown=unknown, leaf=record.leaf)
         shape = record.output_shape or ()
         units = [state.units(a, shape) for a in range(n_axes)]
         return cls(
-            *common,
+            **site,
+            output_shape=record.output_shape,
             rf=tuple(m.rf or None for m in state.axes),
             jump=tuple(m.jump for m in state.axes),
             start=tuple(m.start for m in state.axes),
@@ -89,11 +104,7 @@ class LayerRF:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "type": self.type,
-            "call": self.call,
-            "kind": self.kind,
-            "depth": self.depth,
+            **self.site_dict(),
             "output_shape": list(self.output_shape) if self.output_shape is not None else None,
             "rf": list(self.rf),
             "jump": [_number(j) for j in self.jump],
@@ -112,18 +123,50 @@ def _number(value: Fraction | None) -> int | float | None:
 
 
 @dataclass(frozen=True)
-class RFResult:
+class AxisStep:
+    """How one layer changed the RF along one axis: before (``*_in``) and after, and the effective
+    kernel ``k_eff = (rf - rf_in) / jump_in + 1`` when the layer is a uniform sliding window."""
+
+    rf_in: int | None
+    jump_in: Fraction | None
+    start_in: Fraction | None
+    rf: int | None
+    jump: Fraction | None
+    start: Fraction | None
+    k_eff: Fraction | None
+
+    @property
+    def reduced(self) -> bool:
+        """Every unit sees the whole axis (a global pool or a flatten)."""
+        return self.jump == 0
+
+
+@dataclass(frozen=True)
+class RFStep:
+    """A leaf layer that changed the RF, with its change per axis."""
+
+    layer: LayerRF
+    axes: tuple[AxisStep, ...]
+
+
+@dataclass(frozen=True)
+class RFResult(Displayable):
     """Receptive fields of one traced forward pass, in execution order."""
 
     input_shape: tuple[int, ...]
     layers: tuple[LayerRF, ...]
-    diagnostics: tuple[str, ...]
+    diagnostics: tuple[Note, ...]
     device: str
     fallback_reason: str | None = None
 
     @property
     def spatial_size(self) -> tuple[int, ...]:
         return self.input_shape[1:]
+
+    @property
+    def notes(self) -> tuple[Note, ...]:
+        """The rules' notes, then the fallback to real tensors when there was one."""
+        return self.diagnostics + fallback_notes(self.device, self.fallback_reason)
 
     @property
     def output(self) -> LayerRF:
@@ -135,7 +178,28 @@ class RFResult:
         for layer in self.layers:
             if layer.name == name and layer.call == call:
                 return layer
-        raise KeyError(f"no layer {name!r} (call {call}); layers: {', '.join(dict.fromkeys(l.name for l in self.layers))}")
+        names = ", ".join(dict.fromkeys(layer.name for layer in self.layers))
+        raise KeyError(f"no layer {name!r} (call {call}); layers: {names}")
+
+    def steps(self) -> list[RFStep]:
+        """Each leaf layer that changed rf, jump or start, with the formula's terms per axis:
+        ``rf = rf_in + (k_eff - 1) * jump_in``, ``jump = jump_in * stride``."""
+        n = len(self.spatial_size)
+        previous: tuple[tuple, bool] = (((1,) * n, (Fraction(1),) * n, (Fraction(0),) * n), True)  # the pixels
+        steps = []
+        for layer in self.layers:
+            if not layer.known or not layer.leaf:
+                continue
+            numbers = (layer.rf, layer.jump, layer.start)
+            if numbers != previous[0]:
+                axes = []
+                for r0, j0, s0, r1, j1, s1 in zip(*previous[0], *numbers):
+                    sliding = bool(j1) and bool(j0) and layer.uniform and previous[1]
+                    k_eff = Fraction(r1 - r0, 1) / j0 + 1 if sliding else None
+                    axes.append(AxisStep(r0, j0, s0, r1, j1, s1, k_eff))
+                steps.append(RFStep(layer, tuple(axes)))
+            previous = (numbers, layer.uniform)
+        return steps
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,15 +208,5 @@ class RFResult:
             "device": self.device,
             "fallback_reason": self.fallback_reason,
             "layers": [layer.to_dict() for layer in self.layers],
-            "diagnostics": list(self.diagnostics),
+            "diagnostics": [note.to_dict() for note in self.diagnostics],
         }
-
-    def __rich__(self) -> Any:
-        from torchprobe.report import rf_table
-
-        return rf_table(self)
-
-    def __str__(self) -> str:
-        from torchprobe.report import render_text
-
-        return render_text(self)

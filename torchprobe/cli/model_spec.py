@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from torchprobe.engine.torch_utils import one_line
 from torchprobe.errors import UsageError
-from torchprobe.trace import one_line
 
 SPEC_HELP = "expected FILE.py:NAME or package.module:NAME (NAME a module class or a factory)"
 

@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchprobe.engine.faults import is_too_small
+from torchprobe.engine.tracer import Tracer
 from torchprobe.errors import ForwardError
-from torchprobe.trace import Tracer, is_too_small
 
 SEARCH_LIMIT = 1 << 15
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from torchprobe.engine.torch_utils import META
 from torchprobe.errors import UsageError
 
 InputSize = Sequence[int]
@@ -34,3 +35,20 @@ def model_inputs(input_size: Any = None, input_data: Any = None) -> list[Any]:
     if input_data is not None:
         return list(input_data) if isinstance(input_data, (list, tuple)) else [input_data]
     return list(batch_sizes(input_size))
+
+
+def to_device(value: Any, device: str) -> Any:
+    """Move tensors to ``device``; a ``torch.Size`` becomes a tensor of that size (random values,
+    from a private generator so the caller's RNG state is untouched)."""
+    if isinstance(value, torch.Size):
+        if device == META:
+            return torch.empty(value, device=META)
+        generator = torch.Generator(device=device).manual_seed(0)
+        return torch.randn(value, generator=generator, device=device)
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value

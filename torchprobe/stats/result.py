@@ -1,74 +1,24 @@
-"""The summary probe: per module call, output shape, parameters and FLOPs; totals that add up.
+"""What ``torchprobe.summary`` returns: per visible row, output, parameters, FLOPs and RF; totals.
 
 Parameters are attributed to the first visible row that owns them, so a shared module or a tied
-weight is counted once and every column sums to its printed total, at any folding depth. FLOPs
-come from PyTorch's own ``FlopCounterMode`` (read before and after each call), not from formulas.
+weight is counted once and every column sums to its printed total, at any folding depth.
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from torchprobe.probe import ModuleCall, Probe, register_probe
+from torchprobe.display import Displayable
+from torchprobe.notes import Note, fallback_notes
 from torchprobe.rf.result import LayerRF, RFResult
-from torchprobe.shapes import describe, spec_json
+from torchprobe.shapes.tensors import desc_json
+from torchprobe.stats.probe import CallStats
 
 SUMMARY_SCHEMA = "torchprobe.summary/1"
-
-
-@dataclass
-class CallStats:
-    """One module call as the summary sees it."""
-
-    name: str
-    type: str
-    depth: int
-    call: int
-    parent: int | None  # index of the enclosing call's row
-    module: nn.Module
-    output: Any = None  # described: TensorSpec, or containers of them
-    flops: int = 0  # inclusive of the calls inside it
-
-    @property
-    def label(self) -> str:
-        return (self.name or "(model)") + (f" #{self.call + 1}" if self.call else "")
-
-
-@register_probe("summary")
-class SummaryProbe(Probe):
-    def __init__(self) -> None:
-        self.rows: list[CallStats] = []
-        self.counter: FlopCounterMode | None = None
-        self._open: list[tuple[int, int]] = []  # (row index, FLOPs counted when it started)
-
-    def context(self) -> AbstractContextManager[Any]:
-        self.counter = FlopCounterMode(display=False)
-        return self.counter
-
-    def start(self, inputs: Any) -> None:
-        self.rows, self._open = [], []
-
-    def module_enter(self, call: ModuleCall) -> None:
-        parent = self._open[-1][0] if self._open else None
-        self.rows.append(CallStats(call.name, call.type, call.depth, call.call, parent, call.module))
-        self._open.append((len(self.rows) - 1, self.total_flops()))
-
-    def module_exit(self, call: ModuleCall) -> None:
-        index, started = self._open.pop()
-        row = self.rows[index]
-        row.flops = self.total_flops() - started
-        row.output = describe(call.output)
-
-    def total_flops(self) -> int:
-        return self.counter.get_total_flops() if self.counter is not None else 0
-
-    def result(self) -> list[CallStats]:
-        return self.rows
 
 
 @dataclass(frozen=True)
@@ -83,7 +33,7 @@ class SummaryLine:
 
 
 @dataclass(frozen=True)
-class ModelSummary:
+class ModelSummary(Displayable):
     """Shapes, parameters, FLOPs and receptive field of one forward pass, with totals."""
 
     model: nn.Module = field(repr=False)
@@ -92,6 +42,11 @@ class ModelSummary:
     rf: RFResult | None
     device: str
     fallback_reason: str | None = None
+
+    @property
+    def notes(self) -> tuple[Note, ...]:
+        """The receptive-field notes, then the fallback to real tensors when there was one."""
+        return (self.rf.diagnostics if self.rf else ()) + fallback_notes(self.device, self.fallback_reason)
 
     # -- totals ---------------------------------------------------------------------------------
 
@@ -136,7 +91,7 @@ class ModelSummary:
         for call in self.calls:
             if call.parent is not None:
                 child_flops[call.parent] = child_flops.get(call.parent, 0) + call.flops
-        rf_rows = {(l.name, l.call): l for l in self.rf.layers if l.kind == "module"} if self.rf else {}
+        rf_rows = {(r.name, r.call): r for r in self.rf.layers if r.kind == "module"} if self.rf else {}
         lines = []
         for index, call in enumerate(self.calls):
             if depth is not None and call.depth > depth:
@@ -146,8 +101,14 @@ class ModelSummary:
             new = [p for p in held if id(p) not in counted]
             counted.update(id(p) for p in new)
             flops = call.flops if folded else call.flops - child_flops.get(index, 0)
-            lines.append(SummaryLine(call, sum(p.numel() for p in new), bool(held) and not new, flops, rf_rows.get((call.name, call.call))))
+            params = sum(p.numel() for p in new)
+            lines.append(SummaryLine(call, params, bool(held) and not new, flops, rf_rows.get((call.name, call.call))))
         return lines
+
+    @staticmethod
+    def column_totals(lines: Sequence[SummaryLine]) -> tuple[int, int]:
+        """Parameters and FLOPs of the given rows: at any folding depth, the model's totals."""
+        return sum(line.params for line in lines), sum(line.flops for line in lines)
 
     def to_dict(self) -> dict[str, Any]:
         out = self.rf.output.to_dict() if self.rf else None
@@ -163,10 +124,11 @@ class ModelSummary:
             "size_bytes": self.size_bytes,
             "flops": self.total_flops,
             "rf": out,
+            "notes": [note.to_dict() for note in self.notes],
             "layers": [
                 {
-                    "name": line.stats.name, "type": line.stats.type, "call": line.stats.call, "depth": line.stats.depth,
-                    "output": spec_json(line.stats.output),
+                    "name": line.stats.name, "type": line.stats.type, "call": line.stats.call,
+                    "depth": line.stats.depth, "output": desc_json(line.stats.output),
                     "params": line.params, "shared": line.shared, "flops": line.flops,
                     "rf": line.rf.to_dict()["rf"] if line.rf else None,
                     "jump": line.rf.to_dict()["jump"] if line.rf else None,
@@ -174,14 +136,3 @@ class ModelSummary:
                 for line in self.lines()
             ],
         }
-
-    def __rich__(self) -> Any:
-        from torchprobe.report import summary_table
-
-        return summary_table(self)
-
-    def __str__(self) -> str:
-        from torchprobe.report import render_text
-
-        return render_text(self)
-

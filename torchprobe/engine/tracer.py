@@ -8,9 +8,8 @@ module's own ``training`` flag are restored in ``finally``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +17,22 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from torchprobe.engine.events import ModuleCall, OpCall
+from torchprobe.engine.faults import forward_failure_message, is_input_error, needs_real_values
+from torchprobe.engine.inputs import to_device
+from torchprobe.engine.probe import Probe
+from torchprobe.engine.torch_utils import (
+    META,
+    canonical_op_name,
+    carries_indices,
+    has_tensor,
+    model_device,
+    module_names,
+    one_line,
+    preserved_training_flags,
+    private_rng,
+)
 from torchprobe.errors import ForwardError, TorchProbeError, UsageError
-from torchprobe.probe import ModuleCall, OpCall, Probe
-
-META = "meta"
 
 
 @dataclass
@@ -31,47 +42,6 @@ class TraceOutcome:
     output: Any
     device: str
     fallback_reason: str | None = None
-
-
-def canonical_op_name(func: Any) -> tuple[str, bool]:
-    """``Tensor.__iadd__`` -> ("add", True); ``F.max_pool2d`` -> ("max_pool2d", False)."""
-    name = getattr(func, "__name__", None) or type(func).__name__
-    if name == "__get__":  # a property such as ``Tensor.T``: name it after the property
-        name = getattr(getattr(func, "__self__", None), "__name__", name)
-    inplace = False
-    if name.startswith("__") and name.endswith("__"):
-        name = name[2:-2]
-        if name.startswith("i") and name[1:] in _REFLECTABLE:
-            name, inplace = name[1:], True
-        elif name.startswith("r") and name[1:] in _REFLECTABLE:
-            name = name[1:]
-    elif name.endswith("_") and not name.startswith("_"):
-        name, inplace = name[:-1], True
-    return _ALIASES.get(name, name), inplace
-
-
-_REFLECTABLE = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor"}
-_ALIASES = {"truediv": "div", "floordiv": "div", "and": "bitwise_and", "or": "bitwise_or", "xor": "bitwise_xor"}
-
-
-def module_names(model: nn.Module) -> dict[int, str]:
-    """Qualified name of every module (the first name of a module registered twice)."""
-    return {id(m): name for name, m in model.named_modules()}
-
-
-def tensors_in(value: Any) -> list[torch.Tensor]:
-    """Tensors inside nested tuples, lists and dicts, in order (pytree is too slow per op)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for item in value for t in tensors_in(item)]
-    if isinstance(value, dict):
-        return [t for item in value.values() for t in tensors_in(item)]
-    return []
-
-
-def has_tensor(value: Any) -> bool:
-    return isinstance(value, torch.Tensor) or bool(tensors_in(value))
 
 
 class _Observer(TorchFunctionMode):
@@ -175,8 +145,8 @@ class Tracer:
             return TraceOutcome(self._run_on(real, inputs, kwargs), real, fallback_reason=one_line(error.__cause__))
 
     def _run_on(self, device: str, inputs: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-        inputs = [_to_device(x, device) for x in inputs]
-        kwargs = {k: _to_device(v, device) for k, v in kwargs.items()}
+        inputs = [to_device(x, device) for x in inputs]
+        kwargs = {k: to_device(v, device) for k, v in kwargs.items()}
         self.stack, self.calls = [], {}
         for probe in self.probes:
             probe.start(inputs)
@@ -206,70 +176,6 @@ class Tracer:
                 raise ForwardError(forward_failure_message(error, stack, input_related), where, input_related) from error
 
 
-def forward_failure_message(error: BaseException, stack: Sequence[ModuleCall], input_related: bool = False) -> str:
-    where = f"in {stack[-1].name or '<root>'} ({stack[-1].type})" if stack else "in the model"
-    if is_too_small(error):
-        return f"the input is too small for this model: the forward failed {where}: {one_line(error)}"
-    if input_related:
-        return f"the input does not fit the model: the forward failed {where}: {one_line(error)}"
-    return f"the forward failed {where}: {one_line(error)}"
-
-
-_TOO_SMALL = ("output size is too small", "kernel size can't be greater than actual input size", "non-positive output size")
-
-
-def is_too_small(error: BaseException) -> bool:
-    text = str(error).lower()
-    return any(marker in text for marker in _TOO_SMALL)
-
-
-_WRONG_RANK = re.compile(r"expected \d+d (\(unbatched\) or \d+d \(batched\) )?input", re.IGNORECASE)
-
-
-def is_input_error(error: BaseException, stack: Sequence[ModuleCall], inputs: Sequence[Any]) -> bool:
-    """The given input cannot fit: too small, the wrong rank (which an unbatched-capable first conv
-    may pass on to a later layer), too few or unexpected arguments for ``forward``, or rejected by
-    the first submodule that reads it as given."""
-    if is_too_small(error) or _WRONG_RANK.search(str(error)):
-        return True
-    if isinstance(error, TypeError) and len(stack) == 1 and "argument" in str(error):
-        return True
-    if not stack or stack[-1].depth == 0:
-        return False
-    return any(arg is x for arg in tensors_in((stack[-1].args, stack[-1].kwargs)) for x in inputs)
-
-
-def one_line(error: BaseException | None) -> str:
-    if error is None:
-        return ""
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def carries_indices(value: Any) -> bool:
-    return any(not (t.is_floating_point() or t.is_complex()) and t.device.type != META for t in tensors_in(value))
-
-
-def needs_real_values(error: BaseException | None) -> bool:
-    """Meta tensors have shapes but no values; these errors mean the model asked for values."""
-    if isinstance(error, NotImplementedError):
-        return True
-    text = str(error).lower()
-    return "meta" in text or "data-dependent" in text or "item()" in text
-
-
-def model_device(model: nn.Module) -> str:
-    for tensor in _tensors_of(model):
-        if tensor.device.type != META:
-            return str(tensor.device)
-    return "cpu"
-
-
-def _tensors_of(model: nn.Module) -> Iterator[torch.Tensor]:
-    yield from model.parameters()
-    yield from model.buffers()
-
-
 def stand_in_state(model: nn.Module, device: str) -> dict[str, torch.Tensor]:
     """Tensors to run with: meta stand-ins on meta, copies on a real device, so that nothing the
     forward writes (running statistics, counters, a clamped weight) reaches the model. The copies
@@ -278,38 +184,3 @@ def stand_in_state(model: nn.Module, device: str) -> dict[str, torch.Tensor]:
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         state[name] = torch.empty_like(tensor, device=META) if device == META else tensor.detach().to(device, copy=True)
     return state
-
-
-def private_rng(device: str) -> AbstractContextManager[Any]:
-    """The caller's random state comes back as it was, whatever the forward draws."""
-    kind = torch.device(device).type if device != META else META
-    cuda = [torch.device(device).index or 0] if kind == "cuda" else []
-    return torch.random.fork_rng(devices=cuda, device_type="cuda")
-
-
-@contextmanager
-def preserved_training_flags(model: nn.Module) -> Iterator[None]:
-    """Restore every module's own ``training`` flag, not only the root's."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-
-
-def _to_device(value: Any, device: str) -> Any:
-    """Move tensors to ``device``; a ``torch.Size`` becomes a tensor of that size (random values,
-    from a private generator so the caller's RNG state is untouched)."""
-    if isinstance(value, torch.Size):
-        if device == META:
-            return torch.empty(value, device=META)
-        generator = torch.Generator(device=device).manual_seed(0)
-        return torch.randn(value, generator=generator, device=device)
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    return value

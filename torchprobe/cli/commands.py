@@ -1,4 +1,4 @@
-"""The ``torchprobe`` command: parse, call the library, render. No analysis happens here."""
+"""The ``torchprobe`` commands: parse, call the library, render. No analysis happens here."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import torch
 import typer
 from rich.console import Console
 
-from torchprobe import __version__
 from torchprobe import api
+from torchprobe.cli.model_spec import load_model, parse_input, parse_kwargs
 from torchprobe.errors import ForwardError, RFError, ShapeError, UsageError
-from torchprobe.report import RENDER_WIDTH, rf_table, summary_table, trace_table
-from torchprobe.spec import load_model, parse_input, parse_kwargs
+from torchprobe.render import RENDER_WIDTH, rf_table, summary_table, trace_table
+from torchprobe.version import __version__
 
-EXIT_OK, EXIT_MODEL_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_MODEL_FAILED, EXIT_USAGE = 1, 2
 
 app = typer.Typer(
     add_completion=False,
@@ -158,29 +158,3 @@ def _report(message: str, code: int, debug: bool) -> None:
         traceback.print_exc()
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
-
-
-def main() -> None:
-    """The ``torchprobe`` console script."""
-    run_console_script(app)
-
-
-def run_console_script(command: typer.Typer) -> None:
-    """Run a typer app as a script: typer's own usage errors become one ``error:`` line, exit 2."""
-    try:
-        code = command(standalone_mode=False)
-    except typer.Abort:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as error:
-        if not (hasattr(error, "format_message") and hasattr(error, "exit_code")):
-            raise
-        message = error.format_message()
-        if message:  # a usage error found by typer (no arguments at all: it printed the help)
-            print(f"error: {message}", file=sys.stderr)
-        sys.exit(error.exit_code)
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
-
-
-if __name__ == "__main__":
-    main()

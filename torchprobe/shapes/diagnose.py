@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchprobe.probe import ModuleCall, OpCall
-from torchprobe.shapes import TensorSpec, spec_text, describe
-from torchprobe.trace import is_too_small, one_line, tensors_in
+from torchprobe.engine.events import ModuleCall, OpCall
+from torchprobe.engine.faults import is_too_small
+from torchprobe.engine.torch_utils import one_line, tensors_in
+from torchprobe.shapes.tensors import TensorDesc, desc_text, describe
 
 Producer = Callable[[Any], str | None]
 
@@ -76,7 +77,7 @@ def diagnose(
             found = check(failed_op, name, kind_name, producer_of, text)
             if found is not None:
                 return found
-        operands = ", ".join(spec_text(describe(t)) for t in tensors_in((failed_op.args, failed_op.kwargs)))
+        operands = ", ".join(desc_text(describe(t)) for t in tensors_in((failed_op.args, failed_op.kwargs)))
         return Diagnosis(
             "op", name, kind_name, f"operands {failed_op.name} accepts", f"{failed_op.name}({operands})",
             _producers(producer_of, tensors_in((failed_op.args, failed_op.kwargs))),
@@ -99,7 +100,7 @@ def _spatial(x: torch.Tensor | None) -> str:
 
 
 def _shape(x: torch.Tensor) -> str:
-    return str(TensorSpec(tuple(x.shape), x.dtype))
+    return str(TensorDesc(tuple(x.shape), x.dtype))
 
 
 def _producers(producer_of: Producer, tensors: Sequence[torch.Tensor]) -> str | None:

@@ -1,0 +1,103 @@
+"""Small torch helpers the engine, the probes and the failure analyzer share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+META = "meta"
+
+
+def canonical_op_name(func: Callable[..., Any]) -> tuple[str, bool]:
+    """``Tensor.__iadd__`` -> ("add", True); ``F.max_pool2d`` -> ("max_pool2d", False)."""
+    name = getattr(func, "__name__", None) or type(func).__name__
+    if name == "__get__":  # a property such as ``Tensor.T``: name it after the property
+        name = getattr(getattr(func, "__self__", None), "__name__", name)
+    inplace = False
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+        if name.startswith("i") and name[1:] in _REFLECTABLE:
+            name, inplace = name[1:], True
+        elif name.startswith("r") and name[1:] in _REFLECTABLE:
+            name = name[1:]
+    elif name.endswith("_") and not name.startswith("_"):
+        name, inplace = name[:-1], True
+    return _ALIASES.get(name, name), inplace
+
+
+_REFLECTABLE = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor"}
+_ALIASES = {"truediv": "div", "floordiv": "div", "and": "bitwise_and", "or": "bitwise_or", "xor": "bitwise_xor"}
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """Tensors inside nested tuples, lists and dicts, in order (pytree is too slow per op)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in tensors_in(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in tensors_in(item)]
+    return []
+
+
+def has_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) or bool(tensors_in(value))
+
+
+def one_line(error: BaseException | None) -> str:
+    """``TypeName: message`` on one line, for error messages that must stay one line."""
+    if error is None:
+        return ""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def module_names(model: nn.Module) -> dict[int, str]:
+    """Qualified name of every module (the first name of a module registered twice)."""
+    return {id(m): name for name, m in model.named_modules()}
+
+
+def model_device(model: nn.Module) -> str:
+    """Where the model's first real parameter or buffer lives ("cpu" when it has none)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type != META:
+            return str(tensor.device)
+    return "cpu"
+
+
+def carries_indices(value: Any) -> bool:
+    """Integer tensors with values: indices whose values matter, so meta cannot stand in."""
+    return any(not (t.is_floating_point() or t.is_complex()) and t.device.type != META for t in tensors_in(value))
+
+
+def private_rng(device: str) -> AbstractContextManager[Any]:
+    """The caller's random state comes back as it was, whatever the forward draws."""
+    kind = torch.device(device).type if device != META else META
+    cuda = [torch.device(device).index or 0] if kind == "cuda" else []
+    return torch.random.fork_rng(devices=cuda, device_type="cuda")
+
+
+@contextmanager
+def preserved_training_flags(model: nn.Module) -> Iterator[None]:
+    """Restore every module's own ``training`` flag, not only the root's."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def describe_value(value: Any) -> str:
+    """``a float32 tensor of shape (4, 10)``, ``a list``: what an argument was, for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"a {dtype_name(value)} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")

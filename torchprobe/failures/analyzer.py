@@ -1,0 +1,402 @@
+"""Failure analysis for any classifier: every mistake recorded, explained and shown.
+
+``update()`` never waits for the device and launches a handful of kernels: ``log_softmax``, the
+top class, the target's log-probability; the batch's per-sample records (index, ``true*C +
+predicted``, confidence, log-probability of the target) are kept as its own tensors, and the inputs
+of the worst failures by a top-k merge. The first read brings the records to the CPU (the one
+wait), counts them into the confusion matrix, calibration bins and per-class sums, and keeps the
+failures. Nothing is capped: every failure since the last ``reset()`` is recorded. See
+docs/failures.md.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from torchprobe.display import Displayable
+from torchprobe.engine.torch_utils import dtype_name
+from torchprobe.failures import checks, metrics
+from torchprobe.failures.collectives import synced
+from torchprobe.failures.hook import FailureHook
+from torchprobe.failures.records import EpochRecord, Failure, json_float
+from torchprobe.failures.state import (
+    PROBLEMS,
+    RANKINGS,
+    RESOLUTION,
+    Counters,
+    Kept,
+    Records,
+    SeenRuns,
+    Totals,
+    in_runs,
+)
+
+
+SCHEMA = "torchprobe.failures/1"
+COLLECT_EVERY = 1 << 20  # samples held as per-batch records before they are filtered (one wait)
+SYNCED = ("_totals", "_counters", "_failed", "_seen", "_kept")  # the state sync() merges
+
+
+class FailureAnalyzer(Displayable):
+    """Confusion, per-class metrics, calibration and every misclassified sample of a classifier.
+
+    ``update(outputs, targets, inputs=None, indices=None)`` per batch (logits or log-probabilities,
+    any device); read with ``confusion_matrix()``, ``per_class()``, ``most_confused()``,
+    ``calibration_error()``, ``failures``, ``worst()``, ``label_issues()``, ``to_dict()``.
+    ``keep`` inputs are kept per ranking (by loss and by confidence): at most ``2 * keep`` inputs.
+    """
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None, *, keep: int = 64) -> None:
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
+        if keep < 0:
+            raise ValueError(f"keep must be >= 0, got {keep}")
+        self.num_classes = num_classes
+        self.class_names = None if class_names is None else [str(n) for n in class_names]
+        self.keep = keep
+        self.history: list[EpochRecord] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every batch since the last reset (``history`` stays)."""
+        self._counters = Counters(0, 0, None)  # problems: counted off the CPU, where checks cannot wait
+        self._device: torch.device | None = None
+        self._totals = Totals.zeros(self.num_classes)
+        self._pending: list[tuple[torch.Tensor, ...]] = []
+        self._pending_samples = 0
+        self._failed = Records.empty()
+        self._seen = SeenRuns.empty()
+        self._kept: Kept | None = None
+        self._candidates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # CPU: rows that may enter
+        self._candidate_rows = 0
+        self._with_inputs: bool | None = None  # decided by the first batch
+        self._merged = False
+
+    @property
+    def samples(self) -> int:
+        """Samples added since the last reset (on every process, after ``sync()``)."""
+        return self._counters.samples
+
+    def label(self, cls: int) -> str | int:
+        """How reports name a class: its name when ``class_names`` were given, else its index."""
+        return cls if self.class_names is None else self.class_names[cls]
+
+    # -- adding batches ----------------------------------------------------------------------------
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor | None = None,
+               indices: torch.Tensor | Sequence[int] | None = None) -> None:
+        """Add one batch: ``outputs`` (batch, num_classes) logits or log-probabilities, ``targets``
+        class indices, ``inputs`` the model's inputs (kept for the worst failures), ``indices``
+        dataset indices (default: a running count since ``reset()``). Never waits for the device;
+        off the CPU, bad target values and NaN outputs are reported by the next read instead."""
+        if self._merged:
+            raise ValueError("this analyzer holds the merged state of all processes since sync(); "
+                             "call reset() or end_epoch() before adding batches")
+        kept = self._kept.inputs if self._kept is not None else None
+        n = checks.batch_size(outputs, targets, inputs, self.num_classes, self._with_inputs, kept)
+        device = outputs.device
+        if self._device is not None and device != self._device:
+            raise ValueError(f"outputs are on {device}, earlier batches on {self._device}; reset() first")
+        index = checks.batch_indices(indices, n, self.samples, device)
+        if n == 0:
+            return
+        self._device = device
+        logp = torch.log_softmax(outputs.detach(), 1, dtype=torch.float32)  # idempotent on log-probs
+        top, predicted = logp.max(1)
+        targets, target_logp = self._target_logp(logp, targets.to(device, torch.int64, non_blocking=True), top)
+        confidence = top.exp()
+        code = predicted.add(targets, alpha=self.num_classes)
+        if self._with_inputs is None:  # the first batch decides, for all until reset()
+            self._with_inputs = inputs is not None
+            if inputs is not None and self.keep:
+                self._kept = Kept.empty(self.keep, inputs.to(device))
+        self._counters.unindexed_batches += indices is None
+        self._pending.append((index, code, confidence, target_logp))
+        if self._kept is not None:
+            keys = torch.stack([target_logp.neg(), confidence])  # loss and confidence: RANKINGS
+            keys.masked_fill_(predicted == targets, -math.inf)
+            self._keep_worst(keys, index, inputs.detach().to(device, non_blocking=True))
+        self._counters.samples += n
+        self._pending_samples += n
+        if self._pending_samples >= COLLECT_EVERY:
+            self._collect()
+
+    def _keep_worst(self, keys: torch.Tensor, index: torch.Tensor, inputs: torch.Tensor) -> None:
+        """Off the CPU, merge every batch into the kept sets (no value is read). On the CPU, where
+        reading is free, set aside only the rows that reach the last kept key (a superset of those
+        that enter) and merge them once they are as many as the kept sets hold: fewer, larger merges."""
+        if not _reads_are_free(inputs.device):
+            self._kept = self._kept.merge(keys, index, inputs)
+            return
+        rows = (keys >= self._kept.key[:, -1:]).any(0).nonzero().squeeze(1)
+        if len(rows):
+            self._candidates.append((keys[:, rows], index[rows], inputs.index_select(0, rows)))
+            self._candidate_rows += len(rows)
+            if self._candidate_rows >= self._kept.key.numel():
+                self._merge_candidates()
+
+    def _merge_candidates(self) -> None:
+        if self._candidates:
+            keys, index, inputs = zip(*self._candidates)
+            self._kept = self._kept.merge(torch.cat(keys, 1), torch.cat(index), torch.cat(inputs))
+            self._candidates, self._candidate_rows = [], 0
+
+    def _target_logp(self, logp: torch.Tensor, targets: torch.Tensor,
+                     top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p(target) per sample, and the value checks: on the CPU a ValueError now (``gather``
+        checks the range itself); elsewhere counted on the device, the targets clamped so no kernel
+        reads out of bounds, and raised by the next read."""
+        c, cpu = self.num_classes, targets.device.type == "cpu"
+        if not cpu:
+            lo, hi = torch.aminmax(targets)
+            problems = torch.stack([lo < 0, hi >= c, top.isnan().any()]).long()
+            counted = self._counters.problems
+            self._counters.problems = problems if counted is None else counted + problems
+            targets = targets.clamp(0, c - 1)
+        try:
+            target_logp = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
+        except RuntimeError:
+            lo, hi = (int(v) for v in torch.aminmax(targets))
+            if 0 <= lo and hi < c:
+                raise
+            raise ValueError(f"targets must be class indices in [0, {c}), got values from {lo} to {hi}") from None
+        if cpu and math.isnan(float(top.sum())):  # NaN anywhere in a row makes its maximum NaN
+            rows = top.isnan().nonzero().flatten()
+            raise ValueError(f"outputs contain NaN (or +inf) in {len(rows)} of {len(top)} rows, "
+                             f"first in row {int(rows[0])}")
+        return targets, target_logp
+
+    # -- hooks and loops -----------------------------------------------------------------------------
+
+    def attach(self, module: nn.Module, *, inputs: bool = False,
+               select: Callable[[Any], torch.Tensor] | None = None) -> FailureHook:
+        """Collect ``module``'s outputs with a forward hook; give each batch's targets with
+        ``hook.targets(y)`` before or after its forward. ``inputs=True`` keeps the module's first
+        positional input for the gallery; ``select`` picks the logits from a structured output."""
+        return FailureHook(self.update, module, inputs, select)
+
+    def end_epoch(self) -> EpochRecord:
+        """Close an epoch: keep its numbers and failure set in ``history``, then ``reset()``."""
+        self._settle()
+        record = EpochRecord(len(self.history) + 1, self.samples, self.errors, self.calibration_error(),
+                             np.unique(self._failed.index), self._seen.rows)
+        self.history.append(record)
+        self.reset()
+        return record
+
+    def flips(self, epoch: int | None = None, to: str = "wrong") -> np.ndarray:
+        """Indices that went right -> wrong (``to="wrong"``) or wrong -> right (``to="right"``)
+        from epoch ``epoch - 1`` to ``epoch`` (default: the last two closed epochs). A sample
+        counts only if both epochs saw it."""
+        epoch = len(self.history) if epoch is None else epoch
+        if not 2 <= epoch <= len(self.history):
+            raise ValueError(f"flips need two closed epochs: epoch must be in 2..{len(self.history)} "
+                             f"({len(self.history)} closed by end_epoch()), got {epoch}")
+        if to not in ("wrong", "right"):
+            raise ValueError(f"to must be 'wrong' or 'right', got {to!r}")
+        before, after = self.history[epoch - 2], self.history[epoch - 1]
+        if to == "right":
+            before, after = after, before
+        candidates = after.failed
+        return candidates[in_runs(candidates, before.seen) & ~np.isin(candidates, before.failed)]
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the batches are (None before the first)."""
+        return self._device
+
+    def _collect(self) -> None:
+        """Filter the pending per-sample records to failures (the one place that waits), and merge
+        the rows set aside for the kept sets."""
+        self._merge_candidates()
+        if not self._pending:
+            return
+        index, code, confidence, target_logp = (torch.cat(column).cpu().numpy() for column in zip(*self._pending))
+        self._pending, self._pending_samples = [], 0
+        self._totals.add(code, confidence, target_logp, self.num_classes)
+        true, predicted = np.divmod(code, self.num_classes)
+        wrong = true != predicted
+        self._seen = self._seen.add(index)
+        new = Records(index, true, predicted, confidence, -target_logp).take(wrong)
+        self._failed = Records.concat([self._failed, new])
+
+    def _settle(self) -> None:
+        if self._counters.problems is not None:
+            checks.raise_problems(self._counters.problems.cpu(), self._device)
+        self._collect()
+
+    def _counts(self, name: str) -> np.ndarray:
+        self._settle()
+        return getattr(self._totals, name)
+
+    def confusion_matrix(self) -> torch.Tensor:
+        """Counts, rows = true class, columns = predicted class (int64, on the CPU)."""
+        return torch.from_numpy(self._counts("confusion").reshape(self.num_classes, self.num_classes).copy())
+
+    @property
+    def errors(self) -> int:
+        return self.samples - int(np.trace(self.confusion_matrix().numpy()))
+
+    @property
+    def error_rate(self) -> float:
+        """Errors / samples since the last reset (NaN before any sample)."""
+        return self.errors / self.samples if self.samples else math.nan
+
+    def per_class(self) -> list[dict[str, Any]]:
+        """Per class ``class``, ``precision``, ``recall``, ``f1``, ``support``; 0 where undefined
+        (no predictions or no samples of the class), as scikit-learn's ``zero_division=0``."""
+        return metrics.per_class(self.confusion_matrix().numpy(), self.label)
+
+    def most_confused(self, k: int = 10) -> list[tuple[str | int, str | int, int]]:
+        """The ``k`` largest off-diagonal cells as ``(true, predicted, count)``, largest first
+        (ties by true, then predicted class)."""
+        return metrics.most_confused(self.confusion_matrix().numpy(), k, self.label)
+
+    def reliability(self, n_bins: int = 15) -> dict[str, np.ndarray]:
+        """Equal-width bins of the top-class probability: ``edges`` (n_bins + 1), per bin ``count``,
+        ``correct`` and ``confidence`` (the sum). Bins are [lo, hi), the last one [lo, 1]."""
+        return metrics.reliability(self._counts("bins"), self._counts("bin_confidence"), n_bins)
+
+    def calibration_error(self, n_bins: int = 15) -> float:
+        """Expected calibration error of the top-class probability: sum over equal-width bins of
+        ``count/N * |accuracy - mean confidence|`` (NaN before any sample)."""
+        return metrics.calibration_error(self.reliability(n_bins))
+
+    @property
+    def failures(self) -> list[Failure]:
+        """Every misclassified sample since the last reset, by index (then arrival)."""
+        self._settle()
+        return self._failed.take(np.argsort(self._failed.index, kind="stable")).failures()
+
+    def worst(self, by: str = "loss", k: int | None = None) -> list[Failure]:
+        """Failures ranked by ``loss`` or ``confidence`` (highest first, ties by index); the first
+        ``keep`` carry their ``input`` when inputs were given."""
+        if by not in RANKINGS:
+            raise ValueError(f"by must be one of {RANKINGS}, got {by!r}")
+        self._settle()
+        key = self._failed.loss if by == "loss" else self._failed.confidence
+        ranked = self._failed.take(np.lexsort((self._failed.index, -key))[:k]).failures()
+        if self._kept is not None:
+            inputs = self._kept.inputs_by(by).cpu()
+            for i, f in enumerate(ranked[: self.keep]):
+                ranked[i] = Failure(f.index, f.true, f.predicted, f.confidence, f.loss, inputs[i])
+        return ranked
+
+    def label_issues(self, k: int | None = None) -> list[Failure]:
+        """Candidates for wrong labels, most suspicious first: failures whose predicted class gets at
+        least that class's threshold, the mean self-confidence of the samples labelled with it
+        (confident learning, Northcutt et al. 2021), ranked by self-confidence, lowest first."""
+        support = self.confusion_matrix().numpy().sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            threshold = self._counts("self_confidence") / support  # NaN: nobody has that label
+        failed = self._failed
+        confident = failed.confidence >= threshold[failed.predicted]
+        order = np.lexsort((failed.index, -failed.loss))
+        return failed.take(order[confident[order]][:k]).failures()
+
+    # -- merging processes ---------------------------------------------------------------------------
+
+    def sync(self) -> FailureAnalyzer:
+        """Merge the state of all processes of the default ``torch.distributed`` group (gloo or
+        nccl) into each of them, so data-parallel evaluation reports what one process would have.
+        Every process must call it, once per evaluation, before reading or ``end_epoch()``; a no-op
+        without an initialised group of two or more. Pass ``indices`` to ``update`` so samples keep
+        their identity across processes."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2 or self._merged:
+            return self
+        self._collect()
+        gloo = dist.get_backend() == "gloo"
+        comm = torch.device("cpu") if gloo else torch.device("cuda", torch.cuda.current_device())  # nccl
+        home = self._device if self._device is not None else comm
+        self._agree_on_inputs(home)
+        for name in SYNCED:  # each part of the state merges as it declares (see failures.state)
+            state = getattr(self, name)
+            if state is not None:
+                setattr(self, name, synced(state, comm, home))
+        self._merged = True
+        if self._counters.problems is not None:
+            checks.raise_problems(self._counters.problems, "the processes' devices")
+        if self._counters.unindexed_batches:
+            warnings.warn("sync(): some batches had no indices, so failure indices count per process; "
+                          "pass indices= to update() to identify samples across processes", stacklevel=2)
+        return self
+
+    def _agree_on_inputs(self, home: torch.device) -> None:
+        """Processes must agree on whether inputs were kept, and their shape and dtype; one that
+        kept none (it saw no batch) gets an empty kept set so that every process gathers alike."""
+        mine = None if self._with_inputs is None else (self._with_inputs, self._input_spec())
+        specs: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(specs, mine)
+        modes = {s for s in specs if s is not None}
+        if len({with_inputs for with_inputs, _ in modes}) > 1 or len({spec for _, spec in modes if spec}) > 1:
+            raise ValueError(f"sync(): processes disagree on the inputs they were given: {sorted(modes, key=str)}")
+        spec = next((s for _, s in modes if s), None)
+        if spec is not None:
+            shape, dtype = spec
+            self._with_inputs = True
+            if self._kept is None:
+                self._kept = Kept.empty(self.keep, torch.zeros((1, *shape), dtype=getattr(torch, dtype), device=home))
+
+    def _input_spec(self) -> tuple[tuple[int, ...], str] | None:
+        if self._kept is None:
+            return None
+        inputs = self._kept.inputs
+        return tuple(inputs.shape[1:]), dtype_name(inputs)
+
+    # -- reports ---------------------------------------------------------------------------------
+
+    def to_dict(self, failures: bool = True, n_bins: int = 15) -> dict[str, Any]:
+        """The whole report, JSON-safe (non-finite numbers become null), schema ``torchprobe.failures/1``."""
+        per_class = self.per_class()
+        return {
+            "schema": SCHEMA,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "samples": self.samples,
+            "errors": self.errors,
+            "error_rate": json_float(self.error_rate),
+            "calibration_error": json_float(self.calibration_error(n_bins)),
+            "n_bins": n_bins,
+            "confusion_matrix": self.confusion_matrix().tolist(),
+            "per_class": per_class,
+            "macro": {m: float(np.mean([row[m] for row in per_class])) for m in ("precision", "recall", "f1")},
+            "most_confused": [{"true": t, "predicted": p, "count": n}
+                              for t, p, n in self.most_confused(self.num_classes**2)],
+            "label_issues": [f.index for f in self.label_issues()],
+            "failures": [f.to_dict() for f in self.failures] if failures else None,
+            "history": [record.to_dict() for record in self.history],
+        }
+
+    def to_csv(self, file: str | Path | io.TextIOBase) -> None:
+        """Every failure as one CSV row, by index: index, true, predicted (and their names when
+        given), confidence, self_confidence, loss."""
+        if isinstance(file, (str, Path)):
+            with open(file, "w", newline="") as handle:
+                self.to_csv(handle)
+            return
+        metrics.write_csv(file, self.failures, self.label if self.class_names else None)
+
+    def __repr__(self) -> str:  # no device wait: only what the host knows
+        return f"FailureAnalyzer(num_classes={self.num_classes}, samples={self.samples}, epochs={len(self.history)})"
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def _reads_are_free(device: torch.device) -> bool:
+    """Reading a value waits for the device everywhere but on the CPU."""
+    return device.type == "cpu"

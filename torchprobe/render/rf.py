@@ -1,0 +1,102 @@
+"""The receptive-field table, its verdict sentence and the ``--rf-steps`` formulas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from torchprobe.render.text import axes_text, note_lines, number, pixels_text, shape_text
+from torchprobe.rf.result import AxisStep, LayerRF, RFResult, RFStep
+
+
+def rf_cell(layer: LayerRF) -> str:
+    if layer.unknown is not None or not layer.known:
+        return "unknown" if layer.unknown else "-"
+    text = axes_text(layer.rf)
+    return f"{text} global" if all(layer.is_global) else text
+
+
+def flags(layer: LayerRF) -> str:
+    return ("" if layer.uniform else "*") + ("" if layer.aligned else "!")
+
+
+def verdict(result: RFResult) -> str:
+    """One sentence: the model's RF and whether it covers the whole input."""
+    out = result.output
+    size = axes_text(result.spatial_size)
+    if not out.known:
+        return f"Receptive field of the output: unknown on the {size} input (see the notes below)."
+    rf = axes_text(out.rf)
+    if all(out.is_global):
+        return f"Receptive field of the output: {rf} on a {size} input: global."
+    partial = [
+        _unseen_text(out, a) or f"on axis {a} not every unit covers all {m.size} pixels"
+        for a, (m, covered) in enumerate(zip(out.known_maps, out.is_global)) if not covered
+    ]
+    return f"Receptive field of the output: {rf} on a {size} input: not global ({'; '.join(partial)})."
+
+
+def _unseen_text(layer: LayerRF, axis: int) -> str | None:
+    ranges = layer.unseen(axis)
+    if ranges is None:
+        return f"on axis {axis} no unit sees any pixel"
+    parts = [pixels_text(first, last) for first, last in ranges]
+    return f"on axis {axis} pixel(s) {' and '.join(parts)} reach no unit" if parts else None
+
+
+def rf_table(result: RFResult, depth: int | None = None) -> Group:
+    table = Table(title=f"Receptive field, input {shape_text(result.input_shape)}", title_justify="left")
+    columns = (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
+               ("RF", "right"), ("Jump", "right"), ("Start", "right"))
+    for column, justify in columns:
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for layer in result.layers:
+        if depth is not None and layer.depth > depth:
+            continue
+        table.add_row(
+            "  " * layer.depth + layer.label + flags(layer),
+            layer.type if layer.kind == "module" else f"ƒ {layer.type}",
+            shape_text(layer.output_shape),
+            rf_cell(layer),
+            axes_text(layer.jump) if layer.known else "",
+            axes_text(layer.start, ", ") if layer.known else "",
+        )
+    parts: list[Any] = [table, Text(verdict(result), style="bold")]
+    if any(not layer.uniform for layer in result.layers):
+        parts.append(Text("* non-uniform: units differ in span; RF is the widest, start is unit 0's", style="dim"))
+    if any(not layer.aligned for layer in result.layers):
+        parts.append(Text("! misaligned merge: branches with different unit grids; spans are their union", style="dim"))
+    parts += note_lines(result.notes)
+    return Group(*parts)
+
+
+def rf_steps(result: RFResult) -> list[str]:
+    """Each change of the RF with the formula that gives it (the summary's ``--rf-steps``)."""
+    lines = [_step_text(step) for step in result.steps()]
+    header = ("RF steps (rf_out = rf_in + (k_eff-1)×jump_in, jump_out = jump_in×stride, "
+              "start_out = start_in + ((k_eff-1)/2 - pad)×jump_in):")
+    return [header, *lines]
+
+
+def _step_text(step: RFStep) -> str:
+    per_axis = [_axis_step_text(axis) for axis in step.axes]
+    if len(set(per_axis)) == 1:
+        axes = per_axis[0]
+    else:
+        axes = "; ".join(f"axis {a}: {t}" for a, t in enumerate(per_axis))
+    return f"  {step.layer.name or '(model)'} ({step.layer.type}): {axes}"
+
+
+def _axis_step_text(s: AxisStep) -> str:
+    if s.reduced:
+        return f"rf {s.rf}: every unit sees the whole axis (reduced)"
+    if s.k_eff is None or s.jump_in is None or s.jump is None or s.start is None or s.start_in is None:
+        return f"rf {s.rf}, jump {number(s.jump)}, start {number(s.start)}"
+    return (
+        f"rf {s.rf} = {s.rf_in} + ({number(s.k_eff)}-1)×{number(s.jump_in)}, "
+        f"jump {number(s.jump)} = {number(s.jump_in)}×{number(s.jump / s.jump_in)}, "
+        f"start {number(s.start)} = {number(s.start_in)} + {number((s.start - s.start_in) / s.jump_in)}×{number(s.jump_in)}"
+    )

@@ -1,0 +1,66 @@
+"""Plain-text building blocks of every table: numbers, shapes, byte counts, notes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from fractions import Fraction
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from torchprobe.notes import Note
+
+RENDER_WIDTH = 200
+
+
+def number(value: Fraction | int | None) -> str:
+    """7 -> "7", 15/2 -> "7.5", 1/3 -> "1/3", None -> "?"."""
+    if value is None:
+        return "?"
+    value = Fraction(value)
+    if value.denominator == 1:
+        return str(value.numerator)
+    denominator = value.denominator
+    while denominator % 2 == 0:
+        denominator //= 2
+    while denominator % 5 == 0:
+        denominator //= 5
+    return f"{float(value):g}" if denominator == 1 else str(value)
+
+
+def axes_text(values: Sequence[Any], separator: str = "×") -> str:
+    return separator.join(number(v) for v in values)
+
+
+def shape_text(shape: Sequence[int] | None) -> str:
+    return "-" if shape is None else "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def pixels_text(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}..{last}"
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def note_lines(notes: Iterable[Note]) -> list[Text]:
+    """``note: ...`` per note; the fallback to real tensors reads as a sentence of its own."""
+    return [Text(n.message if n.code == "real_fallback" else f"note: {n.message}", style="yellow") for n in notes]
+
+
+def render_text(renderable: Any, width: int = RENDER_WIDTH) -> str:
+    """Plain text of a rich renderable, the same on every terminal (golden files use it)."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, record=True)
+    console.print(renderable)
+    return console.export_text()

@@ -1,0 +1,53 @@
+"""Joins: ``cat`` along a spatial axis (units one operand after the other) or any other dim, ``stack``."""
+
+from __future__ import annotations
+
+import torch
+
+from torchprobe.rf.axis import AxisMap
+from torchprobe.rf.rules.core import RuleContext, RuleResult, first_unknown, merge, register_rf_rule
+from torchprobe.rf.state import RFState, TensorRF
+
+
+@register_rf_rule("cat", "concat", "concatenate")
+def cat(ctx: RuleContext) -> RuleResult:
+    tensors = [t for t in ctx.arg(0, "tensors") if isinstance(t, torch.Tensor)]
+    states = [ctx.state_of(t) for t in tensors]
+    out_shape = ctx.out_shape
+    dim = ctx.arg(1, "dim", 0)
+    dim = dim - len(out_shape) if dim >= 0 else dim
+    carried = [s for s in states if isinstance(s, TensorRF)]
+    if not carried or dim not in carried[0].dims:
+        return merge(tensors, states, out_shape)
+    unknown = first_unknown(states)
+    if unknown:
+        return unknown
+    # concatenation along a spatial axis: units come from one operand after the other
+    axis = carried[0].dims.index(dim)
+    new_axis = AxisMap.concatenated([(s.axes[axis] if s else None, t.shape[dim]) for t, s in zip(tensors, states)], carried[0].axes[axis].size)
+    others = merge(tensors, [s if s is None else _without_axis(s, axis) for s in states], out_shape)
+    base = others if isinstance(others, TensorRF) else carried[0]
+    # every part's support terms, in the order the new axis lists them
+    axes = [new_axis if b == axis else m.with_terms(term.broadcast(m.units) for s in carried for term in s.axes[b].terms)
+            for b, m in enumerate(base.axes)]
+    return TensorRF(tuple(axes), base.dims[:axis] + (dim,) + base.dims[axis + 1 :], base.aligned)
+
+
+def _without_axis(state: RFState, axis: int) -> RFState:
+    """The same state with ``axis`` detached from its dim (its map is replaced by the caller)."""
+    if not isinstance(state, TensorRF):
+        return state
+    dims = list(state.dims)
+    dims[axis] = None
+    return TensorRF(state.axes, tuple(dims), state.aligned)
+
+
+@register_rf_rule("stack")
+def stack(ctx: RuleContext) -> RuleResult:
+    tensors = [t for t in ctx.arg(0, "tensors") if isinstance(t, torch.Tensor)]
+    states = [ctx.state_of(t) for t in tensors]
+    ndim = tensors[0].dim()
+    dim = ctx.arg(1, "dim", 0)
+    dim = dim + ndim + 1 if dim < 0 else dim
+    moved = [s if not isinstance(s, TensorRF) else s.with_dims(lambda d: d - 1 if ndim + d >= dim else d) for s in states]
+    return merge([t.unsqueeze(dim) for t in tensors], moved, ctx.out_shape)
