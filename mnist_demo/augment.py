@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ class AugmentConfig:
         """Exactly the seed's strengths (the defaults)."""
         return cls()
 
-    def replace(self, **changes) -> AugmentConfig:
+    def replace(self, **changes: Any) -> AugmentConfig:
         """A copy with some fields changed (configs are frozen so they can be shared safely)."""
         return dataclasses.replace(self, **changes)
 
@@ -94,7 +95,7 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 def torchvision_transform(cfg: AugmentConfig) -> transforms.Compose:
     """The seed's per-sample pipeline (PIL image in, normalised ``(1,28,28)`` tensor out), with
     ``RandomErasing`` moved after ``ToTensor``: the seed's order crashes on the first erased image."""
-    steps: list = []
+    steps: list[Any] = []
     if cfg.blurs:
         steps.append(transforms.GaussianBlur(cfg.blur_kernel, sigma=cfg.blur_sigma))
     steps += [
@@ -126,7 +127,7 @@ class BatchedAugment:
         self.cfg = cfg
         self.generator = generator
 
-    def sample(self, batch: int, device) -> dict[str, torch.Tensor]:
+    def sample(self, batch: int, device: torch.device | str) -> dict[str, torch.Tensor]:
         """Draw one set of parameters per sample (on the generator's device, returned on ``device``).
 
         Keys: ``sigma`` (0 when blur is off), ``rotation`` and ``affine_angle`` (degrees),
@@ -135,8 +136,9 @@ class BatchedAugment:
         (int64, all 0 where ``erase`` is False), in pixels of a ``SIZE`` x ``SIZE`` image.
         """
         cfg, u = self.cfg, self._uniform
+        sigma = cfg.blur_sigma if cfg.blurs else None
         params = {
-            "sigma": u(batch, *cfg.blur_sigma) if cfg.blurs else torch.zeros(batch, device=self._device),
+            "sigma": u(batch, *sigma) if sigma is not None else torch.zeros(batch, device=self._device),
             "rotation": u(batch, -cfg.rotation, cfg.rotation),
             "affine_angle": u(batch, -cfg.affine_degrees, cfg.affine_degrees),
             "translate_x": torch.round(u(batch, -cfg.translate[0] * SIZE, cfg.translate[0] * SIZE)),

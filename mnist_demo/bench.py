@@ -46,7 +46,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(split: Split, cfg: AugmentConfig, batch_size: int, steps: int, device: torch.device, workers: int) -> dict[str, float]:
+def measure(
+    split: Split, cfg: AugmentConfig, batch_size: int, steps: int, device: torch.device, workers: int
+) -> dict[str, float]:
     """Images/s for each pipeline, over the first ``(steps + 2) * batch_size`` training images."""
     n = (steps + 2) * batch_size
     images = split.images[:n].unsqueeze(1).to(device)
@@ -58,7 +60,8 @@ def measure(split: Split, cfg: AugmentConfig, batch_size: int, steps: int, devic
 
     clean = [(normalize(to_unit(x)), y) for x, y in on_device(lambda x: x)]
     augment = BatchedAugment(cfg, generator=torch.Generator().manual_seed(0))
-    loader = torchvision_loader(Split(split.images[:n], split.labels[:n]), cfg, batch_size, torch.Generator().manual_seed(0), workers)
+    subset = Split(split.images[:n], split.labels[:n])
+    loader = torchvision_loader(subset, cfg, batch_size, torch.Generator().manual_seed(0), workers)
     moved = ((x.to(device), y.to(device)) for x, y in loader)
     return {
         "forward+backward": _rate(iter(clean), steps, device),

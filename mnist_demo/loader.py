@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -10,10 +12,10 @@ from mnist_demo.augment import AugmentConfig, torchvision_transform
 from mnist_demo.data import Split
 
 
-class PilImages(Dataset):
+class PilImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """MNIST digits as PIL images through a torchvision transform, as the seed's notebook fed them."""
 
-    def __init__(self, split: Split, transform: object) -> None:
+    def __init__(self, split: Split, transform: Callable[[Image.Image], torch.Tensor]) -> None:
         self.images, self.labels, self.transform = split.images, split.labels, transform
 
     def __len__(self) -> int:
@@ -24,7 +26,9 @@ class PilImages(Dataset):
         return self.transform(image), self.labels[index]
 
 
-def torchvision_loader(split: Split, cfg: AugmentConfig, batch_size: int, generator: torch.Generator, workers: int) -> DataLoader:
+def torchvision_loader(
+    split: Split, cfg: AugmentConfig, batch_size: int, generator: torch.Generator, workers: int
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     return DataLoader(
         PilImages(split, torchvision_transform(cfg)), batch_size=batch_size, shuffle=True, generator=generator,
         num_workers=workers, persistent_workers=workers > 0, drop_last=False,

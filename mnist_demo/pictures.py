@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mnist_demo.augment import MEAN, STD
+from mnist_demo.history import EpochMetrics
 
 
 def _pyplot() -> Any:
+    """pyplot with the file-only backend, imported on first use: the CLI starts without matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,15 +22,19 @@ def _pyplot() -> Any:
     return plt
 
 
-def curves(history: list[dict[str, Any]], path: Path) -> None:
+def curves(history: Sequence[EpochMetrics], path: Path) -> None:
     """Train/validation loss and accuracy per epoch, the seed's 2x2 grid."""
     plt = _pyplot()
-    epochs = [h["epoch"] for h in history]
+    epochs = [h.epoch for h in history]
+    panels = [
+        ([h.train_loss for h in history], "Training loss"),
+        ([h.train_accuracy for h in history], "Training accuracy"),
+        ([h.val_loss for h in history], "Validation loss"),
+        ([h.val_accuracy for h in history], "Validation accuracy"),
+    ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    panels = [("train_loss", "Training loss"), ("train_accuracy", "Training accuracy"),
-              ("val_loss", "Validation loss"), ("val_accuracy", "Validation accuracy")]
-    for ax, (key, title) in zip(axes.flat, panels):
-        ax.plot(epochs, [h[key] for h in history], marker="o", markersize=3)
+    for ax, (values, title) in zip(axes.flat, panels):
+        ax.plot(epochs, values, marker="o", markersize=3)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -1,34 +1,37 @@
-"""The recipe's training loop, with torchprobe attached: summary before, progress during,
-failure analysis after each epoch, the official test set at the end."""
+"""The recipe's training run, with torchprobe attached: summary before, progress during,
+failure analysis after each epoch, the official test set at the end.
+
+:class:`Trainer` owns the step loop and the checkpoint; :func:`run_training` drives the epochs and
+hands the passes on clean images to ``evaluate.py`` and the files to ``run_folder.py``."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch import nn
 
 import torchprobe
-from mnist_demo.augment import MEAN, STD, BatchedAugment, normalize, to_unit
+from mnist_demo.augment import BatchedAugment
 from mnist_demo.data import MnistData, Split
-from mnist_demo.distributed import Ranks, all_gather, all_sum, with_global_batchnorm
+from mnist_demo.distributed import ONE_PROCESS, Ranks, all_gather, all_sum, with_global_batchnorm
+from mnist_demo.evaluate import NUM_CLASSES, Scores, evaluate, final_evaluation, recalibrate_batchnorm
+from mnist_demo.files import CHECKPOINT, load_tensors, save_tensors
+from mnist_demo.history import EpochMetrics, history_rows
 from mnist_demo.model import Net
 from mnist_demo.recipe import Recipe
-from mnist_demo.report import write_report
-from mnist_demo.run import CHECKPOINT, METRICS, MODEL, load_tensors, save_json, save_tensors
-from torchprobe.failures import EpochRecord, FailureAnalyzer
-from torchprobe.render import render_text, summary_table
+from mnist_demo.run_folder import write_final, write_metrics, write_start
 
-EVAL_BATCH = 1000
-NUM_CLASSES = 10
+Pipeline = Literal["batched", "torchvision"]  # on-device tensor ops, or the seed's per-sample transforms
+PIPELINES: tuple[Pipeline, ...] = get_args(Pipeline)
 Batch = tuple[torch.Tensor, torch.Tensor, int]  # this rank's images and labels, the global batch size
 
 
@@ -38,15 +41,15 @@ class TrainConfig:
     out: Path
     seed: int = 1
     device: str = "auto"
-    augment: str = "batched"  # or "torchvision"
+    augment: Pipeline = "batched"
     workers: int = 2
     limit: int | None = None  # train on the first N training images only (quick runs, tests)
     resume: bool = False
-    ranks: Ranks = Ranks()  # this process's place in a torchrun job (one process: rank 0 of 1)
+    ranks: Ranks = ONE_PROCESS  # this process's place in a torchrun job (one process: rank 0 of 1)
     dtype: torch.dtype = torch.float32  # float64: runs that must agree beyond float32 rounding
 
 
-def pick_device(name: str, ranks: Ranks = Ranks()) -> torch.device:
+def pick_device(name: str, ranks: Ranks = ONE_PROCESS) -> torch.device:
     """``auto``: CUDA when present (under torchrun, the GPU of this process's local rank)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -59,66 +62,6 @@ def pick_device(name: str, ranks: Ranks = Ranks()) -> torch.device:
 
 def build_model(recipe: Recipe) -> Net:
     return Net(dropout_scale=recipe.dropout_scale, logit_relu=recipe.logit_relu)
-
-
-def clean_batches(
-    split: Split, device: torch.device, dtype: torch.dtype = torch.float32, part: slice = slice(None)
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """Normalised, un-augmented batches of ``EVAL_BATCH`` in order, with the index of their first
-    image; ``part`` picks a contiguous share of the split (a rank's)."""
-    first, stop, _ = part.indices(len(split.labels))
-    for start in range(first, stop, EVAL_BATCH):
-        end = min(start + EVAL_BATCH, stop)
-        x = normalize(to_unit(split.images[start:end].to(device))).to(dtype)
-        yield x, split.labels[start:end].to(device), start
-
-
-def _dtype_of(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, device: torch.device, analyzer: Any = None, ranks: Ranks = Ranks()) -> dict[str, float]:
-    """Mean NLL and accuracy; every batch also goes to ``analyzer`` (a FailureAnalyzer) if given.
-    Under torchrun each rank evaluates its share and the results are merged on every rank."""
-    model.eval()
-    loss = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for x, y, start in clean_batches(split, device, _dtype_of(model), ranks.shard(len(split.labels))):
-        out = model(x)
-        loss += F.nll_loss(out, y, reduction="sum").double()
-        correct += (out.argmax(1) == y).sum()
-        if analyzer is not None:
-            analyzer.update(out, y, inputs=x, indices=torch.arange(start, start + len(y), device=device))
-    if analyzer is not None:
-        analyzer.sync()
-    total_loss, total_correct = all_sum([loss.item(), correct.item()], device).tolist()
-    n = len(split.labels)
-    return {"loss": total_loss / n, "accuracy": total_correct / n}
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, split: Split, device: torch.device, batches: int = 50, ranks: Ranks = Ranks()) -> None:
-    """Re-estimate BatchNorm running statistics on clean images: training saw augmented ones.
-    Dropout stays off, so the statistics are those the evaluation will see. Under torchrun each
-    rank feeds its share of every batch and the global BatchNorm sees the whole batch."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.momentum) for m in norms]
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-        m.train()
-    try:
-        n = min(batches * EVAL_BATCH, len(split.labels))
-        for start in range(0, n, EVAL_BATCH):
-            share = ranks.shard(min(EVAL_BATCH, n - start))
-            x = normalize(to_unit(split.images[start + share.start : start + share.stop].to(device)))
-            model(x.to(_dtype_of(model)))
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        model.eval()
 
 
 class Trainer:
@@ -138,7 +81,8 @@ class Trainer:
             torch.manual_seed(config.seed + self.ranks.rank)  # dropout: each rank its own masks
             with_global_batchnorm(self.model)
             self.net = nn.parallel.DistributedDataParallel(  # buffers: the global BatchNorm keeps them equal
-                self.model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False,
             )
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=self.recipe.max_lr / 25, momentum=self.recipe.momentum,
@@ -148,18 +92,25 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=self.recipe.max_lr, epochs=self.recipe.epochs, steps_per_epoch=self.steps_per_epoch
         )
-        self.history: list[dict[str, Any]] = []
+        self.history: list[EpochMetrics] = []
         self.epoch = 0
-        self.watcher = FailureAnalyzer(NUM_CLASSES, keep=0)  # per-epoch failures and flips, no inputs kept
+        self.watcher = torchprobe.FailureAnalyzer(NUM_CLASSES, keep=0)  # per-epoch failures and flips, no inputs
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step uses."""
+        return float(self.scheduler.get_last_lr()[0])
 
     # -- checkpoints ----------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly; plain containers, ``weights_only`` loadable."""
         return {
             "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
-            "torch_rng": all_gather(self._rng_state()), "history": self.history, "recipe": self.recipe.to_dict(),
-            "seed": self.config.seed, "watcher": [record.state() for record in self.watcher.history],
+            "torch_rng": all_gather(self._rng_state()), "history": history_rows(self.history),
+            "recipe": self.recipe.to_dict(), "seed": self.config.seed,
+            "watcher": [record.state() for record in self.watcher.history],
         }
 
     def save(self) -> None:
@@ -176,26 +127,29 @@ class Trainer:
         return state
 
     def restore(self) -> None:
-        state = load_tensors(self.config.out / CHECKPOINT)
+        """Back to the end of the checkpoint's epoch, refusing one of another recipe, seed or world size."""
+        path = self.config.out / CHECKPOINT
+        state = load_tensors(path)
         if state["recipe"] != self.recipe.to_dict() or state["seed"] != self.config.seed:
-            raise ValueError(f"{self.config.out / CHECKPOINT} was written by another recipe or seed")
+            raise ValueError(f"{path} was written by another recipe or seed")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         if len(state["torch_rng"]) != self.ranks.world:
-            raise ValueError(f"{self.config.out / CHECKPOINT} was written by {len(state['torch_rng'])} process(es): "
+            raise ValueError(f"{path} was written by {len(state['torch_rng'])} process(es): "
                              f"resume with as many (torchrun --nproc_per_node)")
         rng = state["torch_rng"][self.ranks.rank]
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.history, self.epoch = list(state["history"]), int(state["epoch"])
-        self.watcher.history = [EpochRecord.from_state(record) for record in state["watcher"]]
+        self.history = [EpochMetrics.from_dict(row) for row in state["history"]]
+        self.epoch = int(state["epoch"])
+        self.watcher.history = [torchprobe.EpochRecord.from_state(record) for record in state["watcher"]]
 
     # -- one epoch ------------------------------------------------------------------------------
 
-    def train_epoch(self, batches: Iterator[Batch], progress: Progress, task: Any) -> dict[str, float]:
+    def train_epoch(self, batches: Iterable[Batch], progress: Progress, task: TaskID) -> Scores:
         """One pass over ``batches``; the loss and accuracy returned are those of the whole epoch
         (every rank's samples); the progress bar shows this rank's running values."""
         self.model.train()
@@ -215,8 +169,8 @@ class Trainer:
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
             if step % 25 == 0 or step == self.steps_per_epoch:  # one device sync per 25 steps
-                progress.update(task, completed=step, loss=loss_sum.item() / max(seen, 1), acc=correct.item() / max(seen, 1),
-                                lr=self.scheduler.get_last_lr()[0])
+                progress.update(task, completed=step, loss=loss_sum.item() / max(seen, 1),
+                                acc=correct.item() / max(seen, 1), lr=self.lr)
         total_loss, total_correct, total_seen = all_sum([loss_sum.item(), correct.item(), seen], self.device).tolist()
         return {"loss": total_loss / total_seen, "accuracy": total_correct / total_seen}
 
@@ -235,6 +189,13 @@ class Trainer:
             x = augment.apply(images[mine], {k: v[share] for k, v in params.items()})
             yield x.to(self.config.dtype), labels[mine], len(idx)
 
+    def augmented_samples(self, count: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``count`` training images as the network sees them, for the run folder's picture
+        (its own generator: the run's streams are untouched)."""
+        preview = BatchedAugment(self.recipe.augment, generator=torch.Generator().manual_seed(0))
+        images = self.train_split.images[:count].unsqueeze(1).to(self.device)
+        return preview(images), self.train_split.labels[:count]
+
 
 def _limited(split: Split, limit: int | None) -> Split:
     return split if limit is None else Split(split.images[:limit], split.labels[:limit])
@@ -249,9 +210,9 @@ def progress_bar(console: Console) -> Progress:
 
 
 def run_training(config: TrainConfig, data: MnistData, console: Console | None = None) -> dict[str, Any]:
-    """Train, evaluate and write the run folder; returns the final metrics. Under torchrun every
-    rank calls it with the same arguments; rank 0 prints and writes (give the others a quiet
-    console)."""
+    """Train, evaluate and write the run folder; returns the final metrics (what ``metrics.json``
+    holds). Under torchrun every rank calls it with the same arguments; rank 0 prints and writes
+    (give the others a quiet console)."""
     console = console or Console()
     main = config.ranks.main
     config.out.mkdir(parents=True, exist_ok=True)
@@ -259,95 +220,80 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
     if config.resume:
         trainer.restore()
         console.print(f"resumed {config.out} after epoch {trainer.epoch}")
-    probe_input = torch.zeros(1, 1, 28, 28, dtype=config.dtype)
-    summary = torchprobe.summary(trainer.model.eval(), input_data=probe_input) if main else None  # as evaluated
-    if summary is not None:
-        (config.out / "summary.txt").write_text(render_text(summary))
-        console.print(summary_table(summary))
-        _write_samples(trainer, config.out)
+    summary_text = ""
+    if main:
+        probe_input = torch.zeros(1, 1, 28, 28, dtype=config.dtype)
+        summary = torchprobe.summary(trainer.model.eval(), input_data=probe_input)  # as evaluated
+        summary_text = str(summary)
+        console.print(summary)
+        write_start(config.out, summary_text, *trainer.augmented_samples())
     augment = BatchedAugment(trainer.recipe.augment, generator=trainer.generator)
     loader = None
     if config.augment == "torchvision":
-        from mnist_demo.loader import torchvision_loader
+        from mnist_demo.loader import torchvision_loader  # torchvision and PIL: only for this pipeline
 
-        loader = torchvision_loader(trainer.train_split, trainer.recipe.augment, trainer.recipe.batch_size, trainer.generator, config.workers)
-    watcher = trainer.watcher
+        loader = torchvision_loader(trainer.train_split, trainer.recipe.augment, trainer.recipe.batch_size,
+                                    trainer.generator, config.workers)
     with progress_bar(console) as progress:
         while trainer.epoch < trainer.recipe.epochs:
             epoch = trainer.epoch + 1
             task = progress.add_task("train", total=trainer.steps_per_epoch, epoch=epoch, loss=0.0, acc=0.0,
-                                     lr=trainer.scheduler.get_last_lr()[0])
+                                     lr=trainer.lr)
             started = time.perf_counter()
-            lr = trainer.scheduler.get_last_lr()[0]
+            lr = trainer.lr
             batches = trainer.batched_epoch(augment) if loader is None else _to_device(loader, trainer.device)
             train = trainer.train_epoch(batches, progress, task)
             seconds = time.perf_counter() - started
             progress.remove_task(task)
-            if trainer.recipe.recalibrate_bn:
-                recalibrate_batchnorm(trainer.model, trainer.train_split, trainer.device, ranks=config.ranks)
-            val = evaluate(trainer.model, data.val, trainer.device, watcher, config.ranks)
-            closed = watcher.end_epoch()
-            flips = len(watcher.flips()) if len(watcher.history) >= 2 else 0
+            row = _evaluate_epoch(trainer, data, epoch, train, lr, seconds)
             trainer.epoch = epoch
-            trainer.history.append({
-                "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-                "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_errors": closed.errors,
-                "val_calibration_error": closed.calibration_error, "flipped_to_wrong": flips,
-                "lr": lr, "optimizer_steps": trainer.scheduler.last_epoch, "epoch_seconds": seconds,
-            })
+            trainer.history.append(row)
             console.print(
-                f"epoch {epoch:>2}  train loss {train['loss']:.4f} acc {train['accuracy']:.4f}  "
-                f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}  errors {closed.errors} "
-                f"({flips} newly wrong)  {seconds:.1f}s"
+                f"epoch {epoch:>2}  train loss {row.train_loss:.4f} acc {row.train_accuracy:.4f}  "
+                f"val loss {row.val_loss:.4f} acc {row.val_accuracy:.4f}  errors {row.val_errors} "
+                f"({row.flipped_to_wrong} newly wrong)  {seconds:.1f}s"
             )
             trainer.save()
             if main:
-                save_json(_metrics(config, data, trainer), config.out / METRICS)
-    final = FailureAnalyzer(NUM_CLASSES, keep=32)
-    evaluate(trainer.model, data.val, trainer.device, final, config.ranks)
-    test = evaluate(trainer.model, data.test, trainer.device, ranks=config.ranks)
+                write_metrics(config.out, _metrics(config, data, trainer))
+    failures, test = final_evaluation(trainer.model, data, trainer.device, config.ranks)
     metrics = _metrics(config, data, trainer, test)
-    metrics["val_failures"] = final.to_dict(failures=False)
+    metrics["val_failures"] = failures.to_dict(failures=False)
     if not main:
         return metrics
-    console.print(final)
+    console.print(failures)
     console.print(f"official test set: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}")
-    save_json(metrics, config.out / METRICS)
-    save_tensors(trainer.model.state_dict(), config.out / MODEL)
-    final.to_csv(config.out / "val_failures.csv")
-    _write_pictures(trainer.history, final, config.out)
-    write_report(config.out, metrics, final, render_text(summary))
+    write_final(config.out, metrics, trainer.history, trainer.model.state_dict(), failures, summary_text)
     return metrics
 
 
-def _write_pictures(history: list[dict[str, Any]], analyzer: FailureAnalyzer, out: Path) -> None:
-    from torchprobe import plots
+def _evaluate_epoch(trainer: Trainer, data: MnistData, epoch: int, train: Scores, lr: float,
+                    seconds: float) -> EpochMetrics:
+    """The validation pass after an epoch's training (BatchNorm re-estimated first if the recipe
+    says so), closed in the failure watcher, and the epoch's history row."""
+    if trainer.recipe.recalibrate_bn:
+        recalibrate_batchnorm(trainer.model, trainer.train_split, trainer.device, ranks=trainer.ranks)
+    watcher = trainer.watcher
+    val = evaluate(trainer.model, data.val, trainer.device, watcher, trainer.ranks)
+    closed = watcher.end_epoch()
+    flips = len(watcher.flips()) if len(watcher.history) >= 2 else 0
+    return EpochMetrics(
+        epoch=epoch, train_loss=train["loss"], train_accuracy=train["accuracy"], val_loss=val["loss"],
+        val_accuracy=val["accuracy"], val_errors=closed.errors, val_calibration_error=closed.calibration_error,
+        flipped_to_wrong=flips, lr=lr, optimizer_steps=trainer.scheduler.last_epoch, epoch_seconds=seconds,
+    )
 
-    from mnist_demo.pictures import curves
 
-    curves(history, out / "curves.png")
-    for name, figure in (("failures.png", plots.gallery(analyzer, "loss", 32, mean=MEAN, std=STD)),
-                         ("confusion.png", plots.confusion(analyzer))):
-        figure.savefig(out / name)
-
-
-def _to_device(loader: Any, device: torch.device) -> Iterator[Batch]:
+def _to_device(loader: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> Iterator[Batch]:
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), len(y)
 
 
-def _write_samples(trainer: Trainer, out: Path, count: int = 32) -> None:
-    """A picture of what the network trains on (its own generator: the run's streams are untouched)."""
-    from mnist_demo.pictures import samples
-
-    preview = BatchedAugment(trainer.recipe.augment, generator=torch.Generator().manual_seed(0))
-    images = trainer.train_split.images[:count].unsqueeze(1).to(trainer.device)
-    samples(preview(images), trainer.train_split.labels[:count], out / "samples.png")
-
-
-def _metrics(config: TrainConfig, data: MnistData, trainer: Trainer, test: dict[str, float] | None = None) -> dict[str, Any]:
+def _metrics(config: TrainConfig, data: MnistData, trainer: Trainer, test: Scores | None = None) -> dict[str, Any]:
+    """``metrics.json``: the run's settings and data, the history so far and, at the end, the test scores."""
     return {
         "recipe": trainer.recipe.to_dict(), "seed": config.seed, "augment": config.augment,
-        "device": str(trainer.device), "processes": config.ranks.world, "data": data.source, "data_sha256": data.sha256,
-        "train_images": len(trainer.train_split.labels), "history": trainer.history, "test": test,
+        "device": str(trainer.device), "processes": config.ranks.world, "data": data.source,
+        "data_sha256": data.sha256, "train_images": len(trainer.train_split.labels),
+        "history": history_rows(trainer.history), "test": test,
     }

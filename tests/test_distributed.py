@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_demo.distributed import with_global_batchnorm
+from mnist_demo.files import CHECKPOINT, FAILURES, METRICS, MODEL, REPORT, VAL_FAILURES
 from mnist_demo.model import Net
 from tests.processes import free_port, wait_for
 
@@ -40,9 +41,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def metrics(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "metrics.json").read_text())
+    return json.loads((folder / METRICS).read_text())
 
 
+@pytest.mark.slow
 def test_two_processes_compute_what_one_does_and_resume(tmp_path: Path) -> None:
     single = tmp_path / "single"
     done = subprocess.run([sys.executable, "-m", "mnist_demo", "train", *ARGS, "--out", str(single)],
@@ -58,7 +60,7 @@ def test_two_processes_compute_what_one_does_and_resume(tmp_path: Path) -> None:
     folders = list((job / "runs").iterdir())
     assert len(folders) == 1, folders  # one run folder, not one per rank
     folder = folders[0]
-    wait_for(folder / "checkpoint.pt", process)
+    wait_for(folder / CHECKPOINT, process)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     if process.returncode == 0:
@@ -70,7 +72,8 @@ def test_two_processes_compute_what_one_does_and_resume(tmp_path: Path) -> None:
 
     one, two = metrics(single), metrics(folder)
     assert (one["processes"], two["processes"]) == (1, 2)
-    assert [h["optimizer_steps"] for h in one["history"]] == [h["optimizer_steps"] for h in two["history"]] == [16, 32, 48]
+    assert ([h["optimizer_steps"] for h in one["history"]] == [h["optimizer_steps"] for h in two["history"]]
+            == [16, 32, 48])
     for a, b in zip(one["history"], two["history"]):
         for key in ("train_loss", "val_loss", "lr"):
             assert b[key] == pytest.approx(a[key], rel=1e-9), key
@@ -78,9 +81,10 @@ def test_two_processes_compute_what_one_does_and_resume(tmp_path: Path) -> None:
     confusion = [np.array(m["val_failures"]["confusion_matrix"]) for m in (one, two)]
     assert np.array_equal(*confusion)
     assert two["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-9)
-    assert {p.name for p in folder.iterdir()} >= {"model.pt", "report.md", "failures.png", "val_failures.csv"}
+    assert {p.name for p in folder.iterdir()} >= {MODEL, REPORT, FAILURES, VAL_FAILURES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["data", "raise"])
 def test_a_failing_rank_ends_the_job(fault: str, tmp_path: Path) -> None:
     """A bad data file on one rank, or an exception on one rank mid-training: the whole job exits
@@ -96,7 +100,6 @@ def test_a_failing_rank_ends_the_job(fault: str, tmp_path: Path) -> None:
     assert time.monotonic() - started < 120
     expected = "error: rank 1:" if fault == "data" else "injected failure on rank 1"
     assert expected in done.stderr, done.stderr[-3000:]
-
 
 
 def global_batchnorm_worker(rank: int, world: int, port: int) -> None:

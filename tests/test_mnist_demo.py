@@ -10,17 +10,33 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from rich.console import Console
 
+from mnist_demo import console as console_script
 from mnist_demo.data import load_mnist
+from mnist_demo.files import (
+    CHECKPOINT,
+    CONFUSION,
+    CURVES,
+    FAILURES,
+    METRICS,
+    MODEL,
+    REPORT,
+    SAMPLES,
+    SUMMARY,
+    VAL_FAILURES,
+    load_tensors,
+)
+from mnist_demo.history import EpochMetrics
 from mnist_demo.model import Net
 from mnist_demo.recipe import DEFAULT, SEED
-from mnist_demo.run import load_tensors
-from mnist_demo.train import Trainer, TrainConfig, run_training
+from mnist_demo.train import TrainConfig, Trainer, run_training
 from tests.processes import wait_for
 
-RUN_FILES = {"metrics.json", "curves.png", "samples.png", "failures.png", "confusion.png", "summary.txt", "model.pt",
-             "report.md", "val_failures.csv", "checkpoint.pt"}
+RUN_FILES = {METRICS, CURVES, SAMPLES, FAILURES, CONFUSION, SUMMARY, MODEL, REPORT, VAL_FAILURES, CHECKPOINT}
+HISTORY_KEYS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_errors",
+                "val_calibration_error", "flipped_to_wrong", "lr", "optimizer_steps", "epoch_seconds"]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +49,11 @@ def quiet() -> Console:
 
 
 def short(out: Path, epochs: int = 3, **overrides) -> TrainConfig:
-    return TrainConfig(DEFAULT.replace(epochs=epochs, batch_size=64), out, seed=3, device="cpu", limit=2048, **overrides)
+    recipe = DEFAULT.replace(epochs=epochs, batch_size=64)
+    return TrainConfig(recipe, out, seed=3, device="cpu", limit=2048, **overrides)
 
 
+@pytest.mark.slow
 def test_a_short_run_learns_and_writes_the_run_folder(mnist, tmp_path: Path) -> None:
     metrics = run_training(short(tmp_path), mnist, quiet())
     history = metrics["history"]
@@ -43,20 +61,33 @@ def test_a_short_run_learns_and_writes_the_run_folder(mnist, tmp_path: Path) -> 
     assert history[-1]["val_accuracy"] > 0.8  # chance is 0.1
     assert metrics["test"]["accuracy"] > 0.8
     assert RUN_FILES <= {p.name for p in tmp_path.iterdir()}
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+    saved = json.loads((tmp_path / METRICS).read_text())
     assert saved["history"] == json.loads(json.dumps(history)) and saved["train_images"] == 2048
-    assert {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"} <= set(history[0])
+    assert {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
+            "epoch_seconds"} <= set(history[0])
+    assert [list(h) for h in saved["history"]] == [HISTORY_KEYS] * 3  # metrics.json's rows as before EpochMetrics
 
 
+def test_epoch_metrics_are_the_json_rows_of_the_history() -> None:
+    """``metrics.json`` and checkpoints keep the keys (and order) of the dicts the history used to be,
+    so rows written before EpochMetrics read back."""
+    row = {key: i for i, key in enumerate(HISTORY_KEYS)}
+    metrics = EpochMetrics.from_dict(row)
+    assert metrics.to_dict() == row and list(metrics.to_dict()) == HISTORY_KEYS
+    assert metrics.val_accuracy == row["val_accuracy"] and metrics.epoch_seconds == row["epoch_seconds"]
+
+
+@pytest.mark.slow
 def test_model_checkpoint_round_trip(mnist, tmp_path: Path) -> None:
     run_training(short(tmp_path, epochs=1), mnist, quiet())
-    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    state = torch.load(tmp_path / MODEL, weights_only=True)
     model = Net(dropout_scale=DEFAULT.dropout_scale)
     model.load_state_dict(state)
     assert sum(p.numel() for p in model.parameters()) == 19_344
     assert not list(tmp_path.glob(".*"))  # no temporary file left by the atomic writes
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_where_the_interrupt_stopped(mnist, tmp_path: Path, monkeypatch) -> None:
     straight = tmp_path / "straight"
     run_training(short(straight, epochs=2), mnist, quiet())
@@ -74,19 +105,21 @@ def test_resume_continues_exactly_where_the_interrupt_stopped(mnist, tmp_path: P
     monkeypatch.setattr(Trainer, "train_epoch", stop_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
         run_training(short(interrupted, epochs=2), mnist, quiet())
-    assert load_tensors(interrupted / "checkpoint.pt")["epoch"] == 1
+    assert load_tensors(interrupted / CHECKPOINT)["epoch"] == 1
     monkeypatch.setattr(Trainer, "train_epoch", original)
     run_training(short(interrupted, epochs=2, resume=True), mnist, quiet())
 
-    a, b = load_tensors(straight / "model.pt"), load_tensors(interrupted / "model.pt")
+    a, b = load_tensors(straight / MODEL), load_tensors(interrupted / MODEL)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    history = json.loads((interrupted / "metrics.json").read_text())["history"]
+    history = json.loads((interrupted / METRICS).read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
-    straight_history = json.loads((straight / "metrics.json").read_text())["history"]
-    timeless = [[{k: v for k, v in h.items() if k != "epoch_seconds"} for h in run] for run in (straight_history, history)]
+    straight_history = json.loads((straight / METRICS).read_text())["history"]
+    timeless = [[{k: v for k, v in h.items() if k != "epoch_seconds"} for h in run]
+                for run in (straight_history, history)]
     assert timeless[0] == timeless[1]  # "newly wrong" included: the failure history was checkpointed too
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None:
     """A real SIGINT to ``python -m mnist_demo train``: exit 130, a message naming --resume, the
     last finished epoch saved; ``--resume`` then finishes the run."""
@@ -94,21 +127,52 @@ def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(tmp_path: Path
     command = [sys.executable, "-m", "mnist_demo", "train", "--epochs", "3", "--batch-size", "64", "--limit", "2048",
                "--device", "cpu", "--seed", "3", "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(out / "checkpoint.pt", process)
+    wait_for(out / CHECKPOINT, process)
     assert process.poll() is None, "training ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == 130, output
     assert "--resume --out" in output and "Traceback" not in output
-    assert load_tensors(out / "checkpoint.pt")["epoch"] >= 1
+    assert load_tensors(out / CHECKPOINT)["epoch"] >= 1
     assert not list(out.glob(".*"))  # no half-written file
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2, 3]
+    assert [h["epoch"] for h in json.loads((out / METRICS).read_text())["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_resume_refuses_another_recipe(mnist, tmp_path: Path) -> None:
     run_training(short(tmp_path, epochs=1), mnist, quiet())
     other = TrainConfig(SEED.replace(epochs=1, batch_size=64), tmp_path, seed=3, device="cpu", limit=2048, resume=True)
     with pytest.raises(ValueError, match="another recipe"):
         run_training(other, mnist, quiet())
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"),
+    [(["train", "--epochs", "0"], "--epochs"),  # found by typer
+     (["train", "--recipe", "nope"], "--recipe"),  # found by the command
+     (["train", "--resume"], "--out")],
+)
+def test_usage_errors_are_one_error_line(args: list[str], mentions: str) -> None:
+    """``python -m mnist_demo`` with a bad option: exit 2 and one ``error:`` line on stderr (no
+    traceback, no typer panel), before any training."""
+    done = subprocess.run([sys.executable, "-m", "mnist_demo", *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and mentions in lines[0], done.stderr
+
+
+def test_an_abort_is_error_interrupted(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C that typer turns into ``Abort`` (at a prompt, say): ``error: interrupted``, exit 130."""
+    app = typer.Typer()
+
+    @app.command()
+    def stop() -> None:
+        raise typer.Abort()
+
+    monkeypatch.setattr(sys, "argv", ["mnist_demo"])
+    with pytest.raises(SystemExit) as exit_info:
+        console_script.run(app)
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "error: interrupted\n"
