@@ -30,7 +30,7 @@ from torch import nn
 from mnist_demo.distributed import with_global_batchnorm
 from mnist_demo.files import CHECKPOINT, FAILURES, METRICS, MODEL, REPORT, VAL_FAILURES
 from mnist_demo.model import Net
-from tests.processes import free_port, wait_for
+from tests.helpers.processes import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
@@ -93,7 +93,7 @@ def test_a_failing_rank_ends_the_job(fault: str, tmp_path: Path) -> None:
     with gzip.open(bad, "wb") as f:
         f.write(b"\x80\x04 truncated")
     started = time.monotonic()
-    done = subprocess.run([*TORCHRUN, str(Path(__file__).with_name("ddp_faulty.py")), fault, *ARGS,
+    done = subprocess.run([*TORCHRUN, str(Path(__file__).parent / "helpers" / "ddp_faulty.py"), fault, *ARGS,
                            "--out", str(tmp_path / "run"), "--dist-timeout", "120"],
                           capture_output=True, text=True, env={**ENV, "BAD_DATA_FILE": str(bad)}, timeout=300)
     assert done.returncode != 0

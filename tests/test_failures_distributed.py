@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.processes import free_port
+from tests.helpers.processes import free_port
 from torchprobe.failures import FailureAnalyzer
 
 CLASSES, SAMPLES, KEEP = 6, 300, 5

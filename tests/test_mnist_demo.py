@@ -32,7 +32,7 @@ from mnist_demo.history import EpochMetrics
 from mnist_demo.model import Net
 from mnist_demo.recipe import DEFAULT, SEED
 from mnist_demo.train import TrainConfig, Trainer, run_training
-from tests.processes import wait_for
+from tests.helpers.processes import wait_for
 
 RUN_FILES = {METRICS, CURVES, SAMPLES, FAILURES, CONFUSION, SUMMARY, MODEL, REPORT, VAL_FAILURES, CHECKPOINT}
 HISTORY_KEYS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_errors",

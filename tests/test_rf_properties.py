@@ -28,7 +28,7 @@ from hypothesis.control import currently_in_test_context
 from torch import nn
 
 import torchprobe
-from tests.rf_graphs import BLOCKS, PLAIN, RESAMPLE, Call, Fn, build
+from tests.helpers.rf_graphs import BLOCKS, PLAIN, RESAMPLE, Call, Fn, build
 
 SETTINGS = dict(
     deadline=None,

@@ -17,7 +17,6 @@ import itertools
 from collections.abc import Sequence
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings

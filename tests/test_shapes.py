@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import torchprobe
 from mnist_demo.model import Net
-from tests.zoo import DictOutput, KeywordInputs, LeNet, SharedAndTied
+from tests.helpers.zoo import DictOutput, KeywordInputs, LeNet, SharedAndTied
 from torchprobe.render import render_text
 
 

@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import torchprobe
 from mnist_demo.model import Net
-from tests.zoo import DictOutput, KeywordInputs, SharedAndTied
+from tests.helpers.zoo import DictOutput, KeywordInputs, SharedAndTied
 from torchprobe.render import render_text, summary_table
 
 

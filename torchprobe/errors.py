@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torchprobe.shapes.diagnose import Diagnosis
+    from torchprobe.shapes.result import ShapeTrace
+
 
 class TorchProbeError(Exception):
     """Base class: the message is one line a user can act on."""
@@ -34,8 +40,10 @@ class ShapeError(ForwardError):
     Its message is the partial table followed by the diagnosis; ``summary`` is one line of it.
     """
 
-    def __init__(self, message: str, summary: str, trace: object, diagnosis: object, input_related: bool) -> None:
-        super().__init__(message, getattr(diagnosis, "module", None), input_related)
+    def __init__(
+        self, message: str, summary: str, trace: ShapeTrace, diagnosis: Diagnosis, input_related: bool
+    ) -> None:
+        super().__init__(message, diagnosis.module, input_related)
         self.summary = summary
         self.trace = trace
         self.diagnosis = diagnosis

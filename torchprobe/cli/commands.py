@@ -83,7 +83,8 @@ def trace(
         try:
             result = api.trace(model, sizes, ops=ops, device=_device(device))
         except ShapeError as failure:
-            _show(failure.trace, as_json, lambda: trace_table(failure.trace, depth=depth))
+            partial = failure.trace
+            _show(partial, as_json, lambda: trace_table(partial, depth=depth))
             raise ModelFailed(failure.summary) from failure
         _show(result, as_json, lambda: trace_table(result, depth=depth))
 

@@ -30,9 +30,7 @@ from torchprobe.failures.collectives import synced
 from torchprobe.failures.hook import FailureHook
 from torchprobe.failures.records import EpochRecord, Failure, json_float
 from torchprobe.failures.state import (
-    PROBLEMS,
     RANKINGS,
-    RESOLUTION,
     Counters,
     Kept,
     Records,
@@ -40,7 +38,6 @@ from torchprobe.failures.state import (
     Totals,
     in_runs,
 )
-
 
 SCHEMA = "torchprobe.failures/1"
 COLLECT_EVERY = 1 << 20  # samples held as per-batch records before they are filtered (one wait)

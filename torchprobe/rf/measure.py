@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from torchprobe.errors import UsageError
 from torchprobe.engine.inputs import batch_sizes
-from torchprobe.rf.rules.core import per_axis
 from torchprobe.engine.torch_utils import canonical_op_name, tensors_in
+from torchprobe.errors import UsageError
+from torchprobe.rf.rules.core import per_axis
 
 NORMALISATIONS = {"batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "local_response_norm"}
 # Saturating or gated activations can have a zero gradient where sums grow (ReLU6 past 6 in a

@@ -5,19 +5,17 @@ every family of rules is written with (broadcasting ``merge``, per-axis ``spatia
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from torchprobe.rf.axis import AxisMap
 from torchprobe.engine.torch_utils import tensors_in
+from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
 
 RULE_ENTRY_POINT_GROUP = "torchprobe.rf_rules"

@@ -6,7 +6,6 @@ import torch
 
 from torchprobe.rf.rules.core import RuleContext, RuleResult, merge, pointwise, reduce_dims, register_rf_rule
 
-
 POINTWISE = (
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "local_response_norm",

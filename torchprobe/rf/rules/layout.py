@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.rules.core import RuleContext, RuleResult, register_rf_rule

@@ -6,7 +6,15 @@ from collections.abc import Sequence
 
 import torch
 
-from torchprobe.rf.rules.core import RuleContext, RuleResult, merge, normalise_dims, pointwise, reduce_dims, register_rf_rule
+from torchprobe.rf.rules.core import (
+    RuleContext,
+    RuleResult,
+    merge,
+    normalise_dims,
+    pointwise,
+    reduce_dims,
+    register_rf_rule,
+)
 from torchprobe.rf.state import UnknownRF
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from torchprobe.rf.axis import AxisMap
-from torchprobe.rf.rules.core import RuleContext, RuleResult, per_axis, register_rf_rule, spatial
+from torchprobe.rf.rules.core import RuleContext, RuleResult, register_rf_rule, spatial
 from torchprobe.rf.rules.sliding import adaptive_windows
 from torchprobe.rf.state import UnknownRF
 

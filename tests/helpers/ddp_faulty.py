@@ -1,4 +1,4 @@
-"""``torchrun tests/ddp_faulty.py FAULT ARGS...``: ``python -m mnist_demo train ARGS`` with one rank
+"""``torchrun tests/helpers/ddp_faulty.py FAULT ARGS...``: ``python -m mnist_demo train ARGS`` with one rank
 made to fail, for tests/test_distributed.py. FAULT ``data``: rank 1 reads a truncated data file
 (a bad file on one node); ``raise``: rank 1 raises in its second training step."""
 

@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -237,7 +237,7 @@ class Twice(nn.Module):
 # -- fixers: layers that map one size exactly onto another (for merges) ----------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def conv_solutions(n: int, target: int) -> tuple[tuple[int, int, int, int], ...]:
     """(k, s, p, d) with conv_out == target, small parameters only."""
     return tuple(
@@ -247,7 +247,7 @@ def conv_solutions(n: int, target: int) -> tuple[tuple[int, int, int, int], ...]
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def pool_solutions(
     n: int, target: int, dilation: bool, within: bool = False
 ) -> tuple[tuple[int, int, int, int, bool], ...]:
@@ -266,7 +266,7 @@ def pool_ceil_modes(solutions: Sequence[Sequence[tuple[int, int, int, int, bool]
     return [c for c in (False, True) if all(any(x[4] == c for x in sol) for sol in solutions)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def convt_solutions(n: int, target: int) -> tuple[tuple[int, int, int, int, int], ...]:
     """(k, s, p, d, output_padding) with convt_out == target."""
     return tuple(

@@ -1,0 +1,1 @@
+"""Shared test code: model zoos, graph generators, process helpers, the in-process CLI runner."""
