@@ -1,203 +1,40 @@
-"""The ``torchprobe`` command, run as a user runs it: a subprocess.
+"""The ``torchprobe`` command as a user runs it, called in-process by ``run_cli`` (tests/helpers/cli.py).
 
 Exit codes: 0 ok; 2 bad usage or input (exactly one ``error:`` line on stderr, naming the cause,
 nothing on stdout, no traceback); 1 the model fails on a valid input, or ``--strict`` met an op
 without a receptive-field rule. ``--debug`` shows the traceback; ``--json`` prints only JSON.
+
+The tests marked "a real process" start one, where the process boundary is the point: the installed
+script and ``python -m torchprobe.cli`` run, and a parent sees the exit codes, the one error line and
+the ``--debug`` traceback on the real stderr; ``test_in_process_runs_match_a_process`` checks that
+``run_cli`` gives what a process gives.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CONSOLE_SCRIPT = Path(sys.executable).parent / "torchprobe"
-TIMEOUT = 120  # a guard against hangs only, not a timing assertion
-
-MODELS = textwrap.dedent(
-    """
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
-
-    class OneConv(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-
-        def forward(self, x):
-            return self.conv(x)
-
-
-    class NeedsN(nn.Module):
-        def __init__(self, n):
-            super().__init__()
-            self.conv = nn.Conv2d(1, n, 3)
-
-        def forward(self, x):
-            return self.conv(x)
-
-
-    class CtorRaises(nn.Module):
-        def __init__(self):
-            super().__init__()
-            raise RuntimeError("no weights here")
-
-
-    class Boom(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-
-        def forward(self, x):
-            x = self.conv(x)
-            raise ValueError("boom")
-
-
-    class Exploder(nn.Module):
-        def forward(self, x):
-            raise ValueError("boom")
-
-
-    class InnerBoom(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-            self.exploder = Exploder()
-
-        def forward(self, x):
-            return self.exploder(self.conv(x))
-
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-            self.act = nn.ReLU()
-
-        def forward(self, x):
-            return self.act(self.conv(x))
-
-
-    class Nested(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.block = Block()
-            self.head = nn.Conv2d(4, 2, 1)
-
-        def forward(self, x):
-            return self.head(self.block(x))
-
-
-    class FFT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-
-        def forward(self, x):
-            return torch.fft.fft2(self.conv(x)).real
-
-
-    class GridSample(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-
-        def forward(self, x):
-            x = self.conv(x)
-            grid = torch.zeros(x.shape[0], x.shape[2], x.shape[3], 2, device=x.device)
-            return F.grid_sample(x, grid, align_corners=False)
-
-
-    class SortRows(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-
-        def forward(self, x):
-            return torch.sort(self.conv(x), dim=2).values
-
-
-    class TwoInputs(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Conv2d(3, 4, 3, padding=1)
-            self.b = nn.Conv2d(1, 4, 5, padding=2)
-
-        def forward(self, x, y):
-            return self.a(x) + self.b(y)
-
-
-    class Plain:
-        pass
-
-
-    def returns_int():
-        return 3
-
-
-    def factory():
-        return OneConv()
-
-
-    plain_object = object()
-    a_number = 7
-    instance = OneConv()
-    """
+from tests.helpers.cli import (
+    CONSOLE_SCRIPT,
+    assert_error,
+    assert_no_traceback,
+    assert_ok,
+    run_cli,
+    run_process,
+    table_names,
+    write_models,
 )
 
 
 @pytest.fixture
 def models(tmp_path: Path) -> str:
-    """Path of a file holding the test models; a spec is ``f"{models}:Name"``."""
-    path = tmp_path / "cli_models.py"
-    path.write_text(MODELS)
-    return str(path)
-
-
-def run_cli(*args: str, console_script: bool = False, timeout: int = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    command = [str(CONSOLE_SCRIPT)] if console_script else [sys.executable, "-m", "torchprobe.cli"]
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "PYTHONWARNINGS")}
-    return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False
-    )
-
-
-def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-
-
-def assert_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
-    """Exit ``code``, exactly one ``error:`` line naming each needle, nothing on stdout."""
-    assert_no_traceback(proc)
-    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}; stderr: {proc.stderr!r}"
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}: {proc.stderr!r}"
-    line = lines[0]
-    assert line.startswith("error:"), line
-    assert line[len("error:"):].strip(), f"the error line says nothing: {line!r}"
-    for needle in needles:
-        assert needle.lower() in line.lower(), f"{needle!r} not in {line!r}"
-    assert proc.stdout.strip() == "", f"stdout should be empty on error: {proc.stdout!r}"
-    return line
-
-
-def assert_ok(proc: subprocess.CompletedProcess[str]) -> None:
-    assert_no_traceback(proc)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "", proc.stderr
-
-
-def table_names(text: str) -> list[str]:
-    """The first cell of every body row of a rendered table."""
-    return [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
+    """Path of a file holding the test models (``MODELS``); a spec is ``f"{models}:Name"``."""
+    return write_models(tmp_path)
 
 
 # -- success ---------------------------------------------------------------------------------------
@@ -205,9 +42,10 @@ def table_names(text: str) -> list[str]:
 
 @pytest.mark.parametrize("console_script", [False, True], ids=["python-m", "console-script"])
 def test_seed_net_table(console_script: bool) -> None:
+    """A real process: the installed script and ``python -m torchprobe.cli`` run, exit 0, print the table."""
     if console_script and not CONSOLE_SCRIPT.exists():
         pytest.skip(f"no console script at {CONSOLE_SCRIPT}")
-    proc = run_cli("rf", "mnist_demo.model:Net", "--input", "1,28,28", console_script=console_script)
+    proc = run_process("rf", "mnist_demo.model:Net", "--input", "1,28,28", console_script=console_script)
     assert_ok(proc)
     names = table_names(proc.stdout)
     assert names[0] == "(model)"
@@ -217,10 +55,41 @@ def test_seed_net_table(console_script: bool) -> None:
 
 
 def test_console_script_reports_errors_like_python_m() -> None:
+    """A real process: exit 2, one ``error:`` line on its stderr, no traceback."""
     if not CONSOLE_SCRIPT.exists():
         pytest.skip(f"no console script at {CONSOLE_SCRIPT}")
-    proc = run_cli("rf", "mnist_demo.model:Net", "--input", "1,8,8", console_script=True)
+    proc = run_process("rf", "mnist_demo.model:Net", "--input", "1,8,8", console_script=True)
     assert_error(proc, 2, "too small")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["summary", "mnist_demo.model:Net", "--input", "1,28,28"], ["rf", "mnist_demo.model:Net"]],
+    ids=["table", "usage-error"],
+)
+def test_in_process_runs_match_a_process(args: list[str]) -> None:
+    """A real process, to check ``run_cli``: the same exit code, stdout (a table into a pipe) and stderr."""
+    proc = run_process(*args)
+    result = run_cli(*args)
+    assert (result.returncode, result.stdout, result.stderr) == (proc.returncode, proc.stdout, proc.stderr)
+
+
+def test_in_process_runs_do_not_share_user_files(tmp_path: Path) -> None:
+    """Two model files of one name, each importing a sibling of one name: each run sees its own."""
+    argv, path, cwd = list(sys.argv), list(sys.path), os.getcwd()
+    for width in (3, 5):
+        directory = tmp_path / f"v{width}"
+        directory.mkdir()
+        (directory / "layers.py").write_text(f"WIDTH = {width}\n")
+        (directory / "cli_models.py").write_text(
+            "from torch import nn\nfrom layers import WIDTH\n\n\n"
+            "class Net(nn.Sequential):\n    def __init__(self):\n        super().__init__(nn.Conv2d(1, WIDTH, 3))\n"
+        )
+        proc = run_cli("rf", f"{directory}/cli_models.py:Net", "--input", "1,8,8", "--json")
+        assert_ok(proc)
+        assert json.loads(proc.stdout)["layers"][0]["output_shape"] == [1, width, 6, 6]
+    assert (sys.argv, sys.path, os.getcwd()) == (argv, path, cwd)
+    assert "layers" not in sys.modules
 
 
 @pytest.mark.parametrize("name", ["factory", "instance"])
@@ -385,7 +254,8 @@ def test_forward_raises_on_a_valid_input(models: str, name: str, where: str, as_
 
 
 def test_debug_shows_the_traceback(models: str) -> None:
-    proc = run_cli("rf", f"{models}:Boom", "--input", "1,28,28", "--debug")
+    """A real process: exit 1, the traceback on its stderr."""
+    proc = run_process("rf", f"{models}:Boom", "--input", "1,28,28", "--debug")
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr
     assert "ValueError: boom" in proc.stderr

@@ -1,10 +1,10 @@
-"""``torchprobe trace`` and ``torchprobe summary`` as a user runs them (subprocesses)."""
+"""``torchprobe trace`` and ``torchprobe summary`` as a user runs them (in-process, ``run_cli``)."""
 
 from __future__ import annotations
 
 import json
 
-from tests.test_cli import assert_error, assert_ok, run_cli, table_names
+from tests.helpers.cli import assert_error, assert_ok, run_cli, table_names
 
 LENET = "tests/zoo.py:LeNet"
 
