@@ -293,7 +293,7 @@ def test_json_is_the_only_output_and_follows_the_schema() -> None:
     assert_ok(proc)
     report = json.loads(proc.stdout)  # the whole of stdout is one JSON document
     assert proc.stdout.strip().startswith("{") and proc.stdout.strip().endswith("}")
-    assert report["schema"] == "torchprobe.rf/1"
+    assert report["schema"] == "torchprobe.rf/2"
     assert report["input_shape"] == [1, 28, 28]
     layers = report["layers"]
     assert layers
@@ -351,7 +351,8 @@ def test_op_without_rule_is_unknown(models: str, name: str, op: str) -> None:
     assert root["rf"] == [None, None]
     conv = next(layer for layer in report["layers"] if layer["name"] == "conv")
     assert conv["rf"] == [3, 3]  # known up to the op
-    assert any(op in d and "register_rf_rule" in d for d in report["diagnostics"])
+    assert any(op in d["message"] and "register_rf_rule" in d["message"] for d in report["diagnostics"])
+    assert {d["code"] for d in report["diagnostics"] if op in d["op"]} == {"no_rule"}
 
 
 @pytest.mark.parametrize(

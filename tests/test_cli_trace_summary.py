@@ -6,7 +6,7 @@ import json
 
 from tests.helpers.cli import assert_error, assert_ok, run_cli, table_names
 
-LENET = "tests/zoo.py:LeNet"
+LENET = "tests/helpers/zoo.py:LeNet"
 
 
 def test_trace_lists_every_call() -> None:

@@ -69,7 +69,24 @@ def test_rules_from_the_entry_point_group_are_loaded(monkeypatch: pytest.MonkeyP
         return plugin
 
     entry = types.SimpleNamespace(name="blur", load=load)
-    monkeypatch.setattr("torchprobe.rf.rules.core.entry_points", lambda group: [entry] if group == "torchprobe.rf_rules" else [])
+    monkeypatch.setattr(
+        "torchprobe.rf.rules.core.entry_points", lambda group: [entry] if group == "torchprobe.rf_rules" else []
+    )
     monkeypatch.setattr(sys.modules["torchprobe.rf.probe"], "RULES", registry)
     result = torchprobe.receptive_field(model(), (1, 16, 16))
     assert result.output.rf == (7, 7)
+
+
+class FftAtTheRoot(nn.Module):
+    """Ops without rules called by the root itself (their notes name no module)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fft.ifft2(torch.fft.fft2(x)).real
+
+
+def test_each_op_without_a_rule_is_noted_once_where_it_is_called() -> None:
+    result = torchprobe.receptive_field(FftAtTheRoot(), (1, 8, 8))
+    assert [(n.code, n.op, n.where) for n in result.diagnostics] == [
+        ("no_rule", "fft_fft2", ""), ("no_rule", "fft_ifft2", ""),
+    ]
+    assert all(n.to_dict()["message"] == str(n) for n in result.diagnostics)

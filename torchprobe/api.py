@@ -95,7 +95,7 @@ def trace(
     """
     inputs = model_inputs(input_size, input_data)
     probe = ShapeProbe(ops=ops)
-    shapes = tuple(describe(x) if not isinstance(x, torch.Size) else describe(torch.empty(x, device="meta")) for x in inputs)
+    shapes = tuple(describe(torch.empty(x, device="meta") if isinstance(x, torch.Size) else x) for x in inputs)
     try:
         outcome = Tracer(model, [probe]).run(inputs, kwargs, device=device)
     except ForwardError as error:

@@ -28,10 +28,12 @@ app = typer.Typer(
 )
 
 Spec = Annotated[str, typer.Argument(help="FILE.py:NAME or package.module:NAME (a module class or a factory).")]
-Inputs = Annotated[list[str], typer.Option("--input", "-i", help="Input size without the batch dim, e.g. 1,28,28; repeat for several inputs.")]
+Inputs = Annotated[list[str], typer.Option(
+    "--input", "-i", help="Input size without the batch dim, e.g. 1,28,28; repeat for several inputs.")]
 Kwargs = Annotated[str | None, typer.Option("--kwargs", help="Constructor keyword arguments as a JSON object.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")]
-Depth = Annotated[int | None, typer.Option("--depth", min=0, help="Hide rows nested deeper than this (summary: fold them into their parent).")]
+Depth = Annotated[int | None, typer.Option(
+    "--depth", min=0, help="Hide rows nested deeper than this (summary: fold them into their parent).")]
 Device = Annotated[str, typer.Option("--device", help="auto (meta, real tensors if needed), meta, cpu or cuda.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 
@@ -98,7 +100,9 @@ def summary(
     kwargs: Kwargs = None,
     as_json: AsJson = False,
     depth: Depth = None,
-    rf_steps: Annotated[bool, typer.Option("--rf-steps", help="Print each receptive-field step with its formula.")] = False,
+    rf_steps: Annotated[
+        bool, typer.Option("--rf-steps", help="Print each receptive-field step with its formula.")
+    ] = False,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:

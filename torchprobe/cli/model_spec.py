@@ -73,7 +73,9 @@ def parse_input(text: str) -> tuple[int, ...]:
     """``1,28,28`` (no batch dimension) -> ``(1, 28, 28)``."""
     parts = [p.strip() for p in text.replace("x", ",").split(",")]
     if not parts or not all(p.isdigit() for p in parts) or any(int(p) == 0 for p in parts):
-        raise UsageError(f"bad --input {text!r}: expected positive integers C,H,W without the batch dimension, e.g. 1,28,28")
+        raise UsageError(
+            f"bad --input {text!r}: expected positive integers C,H,W without the batch dimension, e.g. 1,28,28"
+        )
     return tuple(int(p) for p in parts)
 
 
@@ -114,5 +116,8 @@ def _import_module(source: str) -> ModuleType:
 
 
 def _candidates(module: ModuleType) -> str:
-    names = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__)
+    names = sorted(
+        n for n, v in vars(module).items()
+        if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__
+    )
     return f" (modules defined there: {', '.join(names)})" if names else ""

@@ -10,7 +10,9 @@ from typing import Any
 from torchprobe.engine.events import ModuleCall
 from torchprobe.engine.torch_utils import one_line, tensors_in
 
-_TOO_SMALL = ("output size is too small", "kernel size can't be greater than actual input size", "non-positive output size")
+_TOO_SMALL = (
+    "output size is too small", "kernel size can't be greater than actual input size", "non-positive output size",
+)
 _WRONG_RANK = re.compile(r"expected \d+d (\(unbatched\) or \d+d \(batched\) )?input", re.IGNORECASE)
 
 

@@ -173,7 +173,8 @@ class Tracer:
                     raise
                 where = stack[-1].name if stack else None
                 input_related = is_input_error(error, stack, inputs)
-                raise ForwardError(forward_failure_message(error, stack, input_related), where, input_related) from error
+                message = forward_failure_message(error, stack, input_related)
+                raise ForwardError(message, where, input_related) from error
 
 
 def stand_in_state(model: nn.Module, device: str) -> dict[str, torch.Tensor]:

@@ -35,7 +35,9 @@ def batch_size(outputs: Any, targets: Any, inputs: Any, num_classes: int, with_i
     return n
 
 
-def batch_indices(indices: torch.Tensor | Sequence[int] | None, n: int, first: int, device: torch.device) -> torch.Tensor:
+def batch_indices(
+    indices: torch.Tensor | Sequence[int] | None, n: int, first: int, device: torch.device
+) -> torch.Tensor:
     """The batch's dataset indices, on ``device``; by default ``first .. first + n - 1``."""
     if indices is None:
         return torch.arange(first, first + n, device=device)

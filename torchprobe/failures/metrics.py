@@ -61,7 +61,8 @@ def write_csv(file: io.TextIOBase, failures: Sequence[Failure], label: Label | N
     writer.writerow([*header, "confidence", "self_confidence", "loss"])
     for f in failures:
         names = [label(f.true), label(f.predicted)] if label else []
-        writer.writerow([f.index, f.true, f.predicted, *names, repr(f.confidence), repr(f.self_confidence), repr(f.loss)])
+        numbers = [repr(f.confidence), repr(f.self_confidence), repr(f.loss)]
+        writer.writerow([f.index, f.true, f.predicted, *names, *numbers])
 
 
 def _ratio(a: float, b: float) -> float:

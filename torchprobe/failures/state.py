@@ -100,7 +100,8 @@ class Kept:
     def empty(cls, k: int, like: torch.Tensor) -> Kept:
         r = len(RANKINGS)
         key = torch.full((r, k), -math.inf, device=like.device)
-        return cls(key, torch.zeros((r, k), dtype=torch.int64, device=like.device), like.new_zeros((r * k, *like.shape[1:])))
+        index = torch.zeros((r, k), dtype=torch.int64, device=like.device)
+        return cls(key, index, like.new_zeros((r * k, *like.shape[1:])))
 
     def merge(self, key: torch.Tensor, index: torch.Tensor, inputs: torch.Tensor) -> Kept:
         """The top ``k`` of these and a batch (``key``: (rankings, batch)); the new inputs are

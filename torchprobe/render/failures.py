@@ -34,12 +34,14 @@ def _current_report(analyzer: FailureAnalyzer, rows: int) -> Group:
     per_class = analyzer.per_class()
     if len(per_class) > 2 * rows:
         per_class = sorted(per_class, key=lambda r: r["f1"])[: 2 * rows]
-    title = "Per class" if len(per_class) == analyzer.num_classes else f"The {len(per_class)} classes with the lowest F1"
+    shown = len(per_class)
+    title = "Per class" if shown == analyzer.num_classes else f"The {shown} classes with the lowest F1"
     table = Table(title=title, title_justify="left")
     for column in ("Class", "Support", "Precision", "Recall", "F1"):
         table.add_column(column, justify="left" if column == "Class" else "right")
     for row in per_class:
-        table.add_row(str(row["class"]), f"{row['support']:,}", *(f"{row[m]:.4f}" for m in ("precision", "recall", "f1")))
+        scores = (f"{row[m]:.4f}" for m in ("precision", "recall", "f1"))
+        table.add_row(str(row["class"]), f"{row['support']:,}", *scores)
     parts.append(table)
     pairs = analyzer.most_confused(rows)
     if pairs:

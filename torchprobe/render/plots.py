@@ -107,7 +107,8 @@ def confusion(analyzer: FailureAnalyzer, normalize: bool | None = None) -> Figur
                 if not value:
                     continue  # zeros left blank: the mistakes stand out
                 text = f"{value:,}" if matrix is counts else f"{value:.2f}"
-                ax.text(p, t, text, ha="center", va="center", fontsize=7, color="white" if value > threshold else "black")
+                color = "white" if value > threshold else "black"
+                ax.text(p, t, text, ha="center", va="center", fontsize=7, color=color)
     return fig
 
 

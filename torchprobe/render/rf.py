@@ -95,8 +95,9 @@ def _axis_step_text(s: AxisStep) -> str:
         return f"rf {s.rf}: every unit sees the whole axis (reduced)"
     if s.k_eff is None or s.jump_in is None or s.jump is None or s.start is None or s.start_in is None:
         return f"rf {s.rf}, jump {number(s.jump)}, start {number(s.start)}"
+    shift = (s.start - s.start_in) / s.jump_in
     return (
         f"rf {s.rf} = {s.rf_in} + ({number(s.k_eff)}-1)×{number(s.jump_in)}, "
         f"jump {number(s.jump)} = {number(s.jump_in)}×{number(s.jump / s.jump_in)}, "
-        f"start {number(s.start)} = {number(s.start_in)} + {number((s.start - s.start_in) / s.jump_in)}×{number(s.jump_in)}"
+        f"start {number(s.start)} = {number(s.start_in)} + {number(shift)}×{number(s.jump_in)}"
     )

@@ -50,7 +50,9 @@ class AxisMap:
         return cls(1, 1, (0,), (0,), size, size, (Support.identity(size),))
 
     @classmethod
-    def from_table(cls, spans: Sequence[Span], shift: int, size: int, units: int, terms: tuple[Support, ...]) -> AxisMap:
+    def from_table(
+        cls, spans: Sequence[Span], shift: int, size: int, units: int, terms: tuple[Support, ...]
+    ) -> AxisMap:
         """One exact period of spans (unit ``r + period`` is unit ``r`` moved by ``shift``), stored
         with the shortest period that reproduces it."""
         lo = tuple(s[0] for s in spans)
@@ -82,7 +84,8 @@ class AxisMap:
         for m, units in parts:
             spans += [m.span(u) or (None, None) for u in range(units)] if m else [(None, None)] * units
             for term in m.terms if m else ():
-                terms.append(Support.concatenate([Support.nothing(before), term, Support.nothing(total - before - units)]))
+                after = Support.nothing(total - before - units)
+                terms.append(Support.concatenate([Support.nothing(before), term, after]))
             before += units
         jump = max((m.jump for m, _ in parts if m), default=Fraction(1))
         return cls.from_units(spans, size, jump * len(spans), tuple(terms))
@@ -106,7 +109,7 @@ class AxisMap:
     @property
     def rf(self) -> int:
         """Widest span over all units, in input pixels (padding positions included)."""
-        return max((h - l + 1 for l, h in zip(self.lo, self.hi) if l is not None and h is not None), default=0)
+        return max((hi - lo + 1 for lo, hi in zip(self.lo, self.hi) if lo is not None and hi is not None), default=0)
 
     @property
     def start(self) -> Fraction | None:
@@ -117,10 +120,13 @@ class AxisMap:
     @property
     def uniform(self) -> bool:
         """True when every unit has the same width and the centres step by exactly ``jump``."""
-        if any(l is None for l in self.lo) or self.shift % self.period:
+        if any(lo is None for lo in self.lo) or self.shift % self.period:
             return False  # (a fractional jump cannot step whole-pixel spans evenly)
         step, base_lo, base_hi = self.shift // self.period, self.lo[0], self.hi[0]
-        return all(l == base_lo + r * step and h == base_hi + r * step for r, (l, h) in enumerate(zip(self.lo, self.hi)))
+        if base_lo is None or base_hi is None:
+            return False
+        spans = enumerate(zip(self.lo, self.hi))
+        return all(lo == base_lo + r * step and hi == base_hi + r * step for r, (lo, hi) in spans)
 
     def hull(self) -> Span:
         """Union of the spans of the real units (what a reduction over the axis sees)."""
@@ -159,7 +165,8 @@ class AxisMap:
         shift = self.shift * period * stride // self.period
         taps = np.arange(n_out)[:, None] * stride - padding + np.arange(kernel)[None, :] * dilation
         return self._windows(
-            lambda r: (r * stride - padding + t * dilation for t in range(kernel)), period, shift, n_out, self._read(taps)
+            lambda r: (r * stride - padding + t * dilation for t in range(kernel)),
+            period, shift, n_out, self._read(taps),
         )
 
     def transposed(
@@ -177,7 +184,8 @@ class AxisMap:
                     yield num // stride
 
         nums = np.arange(n_out)[:, None] + padding - np.arange(kernel)[None, :] * dilation
-        return self._windows(taps, self.period * stride, self.shift, n_out, self._read(nums // stride, nums % stride == 0))
+        reads = self._read(nums // stride, nums % stride == 0)
+        return self._windows(taps, self.period * stride, self.shift, n_out, reads)
 
     def gathered(self, rows: Sequence[Sequence[int]]) -> AxisMap:
         """Output unit ``o`` reads input units ``rows[o]`` (adaptive windows, tables of any
@@ -208,7 +216,8 @@ class AxisMap:
         if self.jump == other.jump:
             period = math.lcm(self.period, other.period)
             shift = self.shift * period // self.period
-            return AxisMap.from_table([_merge(self.span(u), other.span(u)) for u in range(period)], shift, self.size, units, terms)
+            spans = [_merge(self.span(u), other.span(u)) for u in range(period)]
+            return AxisMap.from_table(spans, shift, self.size, units, terms)
         # not periodic together: spell out every unit
         spans = [_merge(self.span(u), other.span(u)) for u in range(max(units, 1))]
         return AxisMap.from_units(spans, self.size, max(self.jump, other.jump) * max(units, 1), terms)
@@ -217,7 +226,8 @@ class AxisMap:
 
     def union_of(self, units: Iterable[int]) -> Span:
         """Hull of the spans of ``units``: what a unit reading all of them sees."""
-        return reduce(_merge, (self.span(unit) for unit in units), (None, None))
+        nothing: Span = (None, None)
+        return reduce(_merge, (self.span(unit) for unit in units), nothing)
 
     def _tiling(self) -> tuple[int, int]:
         """How many copies of the input's length bring this map back in phase, and their shift in
@@ -230,7 +240,12 @@ class AxisMap:
         return tuple(t.read(taps, mask) for t in self.terms)
 
     def _windows(
-        self, taps_of: Callable[[int], Iterable[int]], out_period: int, out_shift: int, units: int, terms: tuple[Support, ...]
+        self,
+        taps_of: Callable[[int], Iterable[int]],
+        out_period: int,
+        out_shift: int,
+        units: int,
+        terms: tuple[Support, ...],
     ) -> AxisMap:
         """New map of ``units`` units whose unit ``r`` (one period of ``out_period`` units) is the
         union of input units ``taps_of(r)``; the caller guarantees the result has that period."""
@@ -253,9 +268,10 @@ class AxisMap:
 
 def _step(lo: tuple[int | None, ...], hi: tuple[int | None, ...], p: int) -> int | None:
     """The shift that makes the spans repeat with period ``p``, if they do."""
-    if lo[p] is None or lo[0] is None:
+    first, repeated = lo[0], lo[p]
+    if first is None or repeated is None:
         return None
-    step = lo[p] - lo[0]
+    step = repeated - first
     for r in range(len(lo) - p):
         if _shifted(lo[r], step) != lo[r + p] or _shifted(hi[r], step) != hi[r + p]:
             return None
@@ -268,9 +284,9 @@ def _shifted(value: int | None, step: int) -> int | None:
 
 def _merge(a: Span | tuple[int, int] | None, b: Span | tuple[int, int] | None) -> Span:
     """Hull of two spans; None or ``(None, None)`` is no pixel."""
-    if a is None or a[0] is None:
+    if a is None or a[0] is None or a[1] is None:
         return b if b is not None else (None, None)
-    if b is None or b[0] is None:
+    if b is None or b[0] is None or b[1] is None:
         return a
     return min(a[0], b[0]), max(a[1], b[1])
 

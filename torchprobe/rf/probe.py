@@ -106,8 +106,8 @@ class RFProbe(Probe):
             return self._unknown(UnknownRF(op, where), "rule_failed", detail=f"its rule failed: {error}")
         for note in context.notes:
             self._note(Note("approximation", op, where, f"{note} (in {where or '<root>'})"))
-        if isinstance(result, UnknownRF) and not result.where:
-            return self._unknown(UnknownRF(result.op, where), "unsupported")
+        if isinstance(result, UnknownRF) and not result.where and result not in map(context.state_of, context.tensors):
+            return self._unknown(UnknownRF(result.op, where), "unsupported")  # made by the rule, not handed on
         return result
 
     def _unknown(self, unknown: UnknownRF, code: NoteCode, detail: str = "") -> UnknownRF:
@@ -150,7 +150,8 @@ class RFProbe(Probe):
         site = op.site(self._op_calls.get(site.name, 0))
         self._op_calls[site.name] = site.call + 1
         outputs = tensors_in(op.output) or tensors_in(op.args[:1])
-        self.records.append(LayerRecord(**vars(site), output_shape=tuple(outputs[0].shape) if outputs else None, state=state))
+        shape = tuple(outputs[0].shape) if outputs else None
+        self.records.append(LayerRecord(**vars(site), output_shape=shape, state=state))
 
     def result(self) -> tuple[list[LayerRecord], list[Note]]:
         """Rows in call order (modules that never returned, after a failure, are left out)."""

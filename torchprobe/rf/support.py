@@ -143,7 +143,8 @@ def fused(factors: Factors) -> list[tuple[Support, ...]]:
     for term in factors:
         reach = [f.reaches() for f in term]
         if all(r.any() for r in reach):
-            groups.setdefault(tuple(np.packbits(r).tobytes() + len(r).to_bytes(8, "little") for r in reach), []).append(term)
+            key = tuple(np.packbits(r).tobytes() + len(r).to_bytes(8, "little") for r in reach)
+            groups.setdefault(key, []).append(term)
     return [tuple(reduce(Support.union, column) for column in zip(*group)) for group in groups.values()]
 
 
@@ -151,17 +152,16 @@ def joint_span(factors: Factors, unit: Sequence[int]) -> tuple[tuple[int, int] |
     """Per axis, the pixels ``unit`` depends on: the union over the terms that reach it."""
     spans: list[tuple[int, int] | None] = [None] * len(unit)
     for term in factors:
-        own = [f.span(u) for f, u in zip(term, unit)]
-        if None in own:
-            continue
+        own = [span for span in (f.span(u) for f, u in zip(term, unit)) if span is not None]
+        if len(own) < len(unit):
+            continue  # the term does not reach the unit
         spans = [o if s is None else (min(s[0], o[0]), max(s[1], o[1])) for s, o in zip(spans, own)]
     return tuple(spans)
 
 
 def seen(factors: Factors, axis: int) -> tuple[int, int] | None:
     """The pixels of ``axis`` that some unit depends on (their hull)."""
-    hulls = [term[axis].reduced().span(0) for term in fused(factors)]
-    hulls = [h for h in hulls if h is not None]
+    hulls = [h for h in (term[axis].reduced().span(0) for term in fused(factors)) if h is not None]
     return (min(h[0] for h in hulls), max(h[1] for h in hulls)) if hulls else None
 
 
@@ -173,7 +173,8 @@ def covers(factors: Factors, axis: int, size: int) -> bool:
         return False
     if len(factors) == 1:  # one product: every unit of every axis reached, and this axis whole
         term = factors[0]
-        return all(f.reaches().all() for f in term) and bool((term[axis].lo <= 0).all() and (term[axis].hi >= size - 1).all())
+        spans_all = (term[axis].lo <= 0).all() and (term[axis].hi >= size - 1).all()
+        return all(f.reaches().all() for f in term) and bool(spans_all)
     n_axes = len(factors[0])
     classes = [_classes(factors, b, axis, size) for b in range(n_axes)]
 
@@ -195,7 +196,7 @@ def covers(factors: Factors, axis: int, size: int) -> bool:
 def _classes(factors: Factors, b: int, axis: int, size: int) -> np.ndarray:
     """The distinct rows of what decides coverage along axis ``b``, one bit per term (on ``axis``
     itself two: the term reaches the unit and starts at pixel 0 / ends at the last pixel)."""
-    columns = []
+    columns: list[np.ndarray] = []
     for term in factors:
         f = term[b]
         reach = f.reaches()

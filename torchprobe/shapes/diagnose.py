@@ -129,7 +129,8 @@ def _conv(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | Non
     n = len(m.kernel_size)
     if x.dim() not in (n + 1, n + 2):
         return Diagnosis(
-            "conv_rank", call.name, call.type, f"a {n + 2}-D input (N, C, {', '.join('DHW'[3 - n:])}) or {n + 1}-D unbatched",
+            "conv_rank", call.name, call.type,
+            f"a {n + 2}-D input (N, C, {', '.join('DHW'[3 - n:])}) or {n + 1}-D unbatched",
             f"{_shape(x)} ({x.dim()}-D)", producer_of(x),
             f"give {call.name} a {n + 2}-D tensor: add the missing dims (e.g. x.unsqueeze(1) for a channel dim)"
             if x.dim() < n + 1 else f"{call.name} is a {call.type}; reshape the input or use nn.Conv{x.dim() - 2}d",
@@ -156,7 +157,8 @@ def _norm(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | Non
         expected, got, fix_arg = f"num_channels={m.num_channels} (dim 1)", x.shape[1], f"{m.num_groups}, {x.shape[1]}"
     elif isinstance(m, nn.LayerNorm) and tuple(x.shape[-len(m.normalized_shape):]) != tuple(m.normalized_shape):
         tail = tuple(x.shape[-len(m.normalized_shape):])
-        expected, got, fix_arg = f"normalized_shape={list(m.normalized_shape)} (the last dims)", list(tail), f"{list(tail)}"
+        expected = f"normalized_shape={list(m.normalized_shape)} (the last dims)"
+        got, fix_arg = list(tail), f"{list(tail)}"
     else:
         return None
     return Diagnosis(
@@ -180,7 +182,8 @@ def _embedding(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis 
     if 0 <= low and high < m.num_embeddings:
         return None
     return Diagnosis(
-        "embedding_range", call.name, call.type, f"indices in [0, {m.num_embeddings - 1}] (num_embeddings={m.num_embeddings})",
+        "embedding_range", call.name, call.type,
+        f"indices in [0, {m.num_embeddings - 1}] (num_embeddings={m.num_embeddings})",
         f"indices in [{low}, {high}]", producer_of(x),
         f"make {call.name} nn.Embedding({max(high + 1, m.num_embeddings)}, {m.embedding_dim}), or fix the token ids",
         text,
@@ -230,7 +233,8 @@ def _view(op: OpCall, name: str, kind: str, producer_of: Producer, text: str) ->
     if op.name not in ("view", "reshape"):
         return None
     x = op.args[0]
-    requested = list(op.args[1:]) if len(op.args) > 2 or not isinstance(op.args[1], (tuple, list, torch.Size)) else list(op.args[1])
+    one_sequence = len(op.args) == 2 and isinstance(op.args[1], (tuple, list, torch.Size))
+    requested = list(op.args[1]) if one_sequence else list(op.args[1:])
     return Diagnosis(
         "view", name, kind, f"a shape with {x.numel()} elements in all, like the input",
         f"{op.name}({_shape(x)} -> {requested})", producer_of(x),

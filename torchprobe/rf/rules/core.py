@@ -118,7 +118,9 @@ def first_unknown(states: Sequence[RFState | None]) -> UnknownRF | None:
     return next((s for s in states if isinstance(s, UnknownRF)), None)
 
 
-def merge(tensors: Sequence[torch.Tensor], states: Sequence[RFState | None], out_shape: Sequence[int]) -> RFState | None:
+def merge(
+    tensors: Sequence[torch.Tensor], states: Sequence[RFState | None], out_shape: Sequence[int]
+) -> RFState | None:
     """Broadcasting merge: each output unit sees the union of what its operands' units see.
 
     An operand broadcast along an axis (size 1 there) brings the same span to every unit: that is

@@ -38,7 +38,8 @@ def setitem(ctx: RuleContext) -> RuleResult:
     if not isinstance(value, torch.Tensor) or ctx.state_of(value) is None:
         return ctx.state_of(x)
     ctx.note("an indexed assignment is counted as reaching every unit, an over-estimate")
-    return merge([x, value], [ctx.state_of(x), reduce_dims(ctx.state_of(value), tuple(value.shape), list(range(-value.dim(), 0)), keepdim=False)], tuple(x.shape))
+    everything = reduce_dims(ctx.state_of(value), tuple(value.shape), list(range(-value.dim(), 0)), keepdim=False)
+    return merge([x, value], [ctx.state_of(x), everything], tuple(x.shape))
 
 
 @register_rf_rule("expand", "expand_as", "broadcast_to")

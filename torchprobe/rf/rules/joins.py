@@ -24,12 +24,15 @@ def cat(ctx: RuleContext) -> RuleResult:
         return unknown
     # concatenation along a spatial axis: units come from one operand after the other
     axis = carried[0].dims.index(dim)
-    new_axis = AxisMap.concatenated([(s.axes[axis] if s else None, t.shape[dim]) for t, s in zip(tensors, states)], carried[0].axes[axis].size)
+    parts = [(s.axes[axis] if isinstance(s, TensorRF) else None, t.shape[dim]) for t, s in zip(tensors, states)]
+    new_axis = AxisMap.concatenated(parts, carried[0].axes[axis].size)
     others = merge(tensors, [s if s is None else _without_axis(s, axis) for s in states], out_shape)
     base = others if isinstance(others, TensorRF) else carried[0]
     # every part's support terms, in the order the new axis lists them
-    axes = [new_axis if b == axis else m.with_terms(term.broadcast(m.units) for s in carried for term in s.axes[b].terms)
-            for b, m in enumerate(base.axes)]
+    axes = [
+        new_axis if b == axis else m.with_terms(term.broadcast(m.units) for s in carried for term in s.axes[b].terms)
+        for b, m in enumerate(base.axes)
+    ]
     return TensorRF(tuple(axes), base.dims[:axis] + (dim,) + base.dims[axis + 1 :], base.aligned)
 
 
@@ -49,5 +52,8 @@ def stack(ctx: RuleContext) -> RuleResult:
     ndim = tensors[0].dim()
     dim = ctx.arg(1, "dim", 0)
     dim = dim + ndim + 1 if dim < 0 else dim
-    moved = [s if not isinstance(s, TensorRF) else s.with_dims(lambda d: d - 1 if ndim + d >= dim else d) for s in states]
+    def shift(d: int) -> int:
+        return d - 1 if ndim + d >= dim else d
+
+    moved = [s.with_dims(shift) if isinstance(s, TensorRF) else s for s in states]
     return merge([t.unsqueeze(dim) for t in tensors], moved, ctx.out_shape)

@@ -58,7 +58,8 @@ def view(ctx: RuleContext) -> RuleResult:
     if math.prod(ctx.out_shape[1:]) and len(ctx.out_shape) > len(in_shape) and any(
         d is not None and d not in groups and in_shape[d] > 1 for d in state.dims
     ):
-        ctx.note(f"{ctx.name} splits a spatial dim into several (windows, patches): the axis is treated as reduced, an over-estimate")
+        ctx.note(f"{ctx.name} splits a spatial dim into several (windows, patches): "
+                 "the axis is treated as reduced, an over-estimate")
     return state.with_dims(groups.get)
 
 

@@ -58,12 +58,14 @@ def matmul(ctx: RuleContext) -> RuleResult:
     sa = reduce_dims(ctx.state_of(a), tuple(a.shape), [-1], keepdim=True)
     sb = reduce_dims(ctx.state_of(b), tuple(b.shape), [-2], keepdim=True)
     out = ctx.out_shape
-    return merge([a[..., :1].expand(*a.shape[:-1], out[-1]), b[..., :1, :].expand(*b.shape[:-2], out[-2], b.shape[-1])], [sa, sb], out)
+    like_out = [a[..., :1].expand(*a.shape[:-1], out[-1]), b[..., :1, :].expand(*b.shape[:-2], out[-2], b.shape[-1])]
+    return merge(like_out, [sa, sb], out)
 
 
 def _attention(ctx: RuleContext, query: torch.Tensor, keys: Sequence[torch.Tensor], seq_dim: int) -> RuleResult:
     """Each output token sees its query token and every key/value token."""
-    states = [ctx.state_of(query)] + [reduce_dims(ctx.state_of(k), tuple(k.shape), [seq_dim], keepdim=True) for k in keys]
+    reduced = [reduce_dims(ctx.state_of(k), tuple(k.shape), [seq_dim], keepdim=True) for k in keys]
+    states = [ctx.state_of(query), *reduced]
     like_query = [query] + [query for _ in keys]  # keys reduced to a constant: broadcast as the query
     return merge(like_query, states, ctx.out_shape)
 

@@ -14,7 +14,12 @@ from torchprobe.rf.state import UnknownRF
 
 
 def interpolation_taps(
-    size_in: int, size_out: int, mode: str, align_corners: bool, scale_factor: float | None, precision: type = np.float32
+    size_in: int,
+    size_out: int,
+    mode: str,
+    align_corners: bool,
+    scale_factor: float | None,
+    precision: type = np.float32,
 ) -> list[list[int]]:
     """Input units with a non-zero weight in each output unit, as ATen computes them: source
     coordinates in ``float`` for nearest modes and in the tensor's math precision (``precision``:
@@ -67,7 +72,9 @@ def interpolate(ctx: RuleContext) -> RuleResult:
     precision = np.float64 if ctx.input.dtype == torch.float64 else np.float32
     return spatial(
         ctx, n,
-        lambda i, m, size_in, size_out: m.gathered(interpolation_taps(size_in, size_out, mode, bool(align), scales[i], precision)),
+        lambda i, m, size_in, size_out: m.gathered(
+            interpolation_taps(size_in, size_out, mode, bool(align), scales[i], precision)
+        ),
     )
 
 

@@ -33,7 +33,10 @@ def conv_transpose(ctx: RuleContext) -> RuleResult:
     padding = per_axis(ctx.arg(4, "padding", 0), n)
     dilation = per_axis(ctx.arg(7, "dilation", 1), n)
     return spatial(
-        ctx, n, lambda i, m, _in, out: m.transposed(kernel[i], stride[i], padding[i], dilation[i], out), mixes_channels=True
+        ctx,
+        n,
+        lambda i, m, _in, out: m.transposed(kernel[i], stride[i], padding[i], dilation[i], out),
+        mixes_channels=True,
     )
 
 
@@ -69,7 +72,8 @@ def adaptive_windows(in_units: int, out_units: int) -> list[range]:
 
 
 @register_rf_rule(
-    *(f"adaptive_{kind}_pool{n}d{suffix}" for kind in ("avg", "max") for n in (1, 2, 3) for suffix in ("", "_with_indices"))
+    *(f"adaptive_{kind}_pool{n}d{suffix}"
+      for kind in ("avg", "max") for n in (1, 2, 3) for suffix in ("", "_with_indices"))
 )
 def adaptive_pool(ctx: RuleContext) -> RuleResult:
     n = n_spatial(ctx.name)
