@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 JOBS ?= 2
 
-.PHONY: venv demo test bench golden clean
+.PHONY: venv demo test lint bench golden clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: venv
 	$(VENV)/bin/torchprobe rf mnist_demo.model:Net --input 1,28,28
 	$(PYTHON) -m mnist_demo train
 
-test: venv
+# Lint and type gate first (seconds), then the whole suite, slow tests included.
+test: lint
 	$(PYTHON) -m pytest -q -n $(JOBS)
+
+lint: venv
+	$(VENV)/bin/ruff check torchprobe mnist_demo tests bench
+	$(VENV)/bin/mypy
 
 bench: venv
 	$(PYTHON) bench/vs_torchinfo.py
@@ -32,4 +37,4 @@ golden: venv
 	$(PYTHON) -m pytest -q tests --update-golden
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache build *.egg-info

@@ -35,8 +35,9 @@ def run(processes: int, threads: int, args: argparse.Namespace) -> dict[str, flo
     wall = time.perf_counter() - started
     metrics = json.loads((out / "metrics.json").read_text())
     epoch = statistics.median(h["epoch_seconds"] for h in metrics["history"])
-    return {"processes": processes, "threads_per_process": threads, "images_per_second": metrics["train_images"] / epoch,
-            "median_epoch_seconds": epoch, "wall_seconds": wall, "val_accuracy": metrics["history"][-1]["val_accuracy"]}
+    return {"processes": processes, "threads_per_process": threads,
+            "images_per_second": metrics["train_images"] / epoch, "median_epoch_seconds": epoch,
+            "wall_seconds": wall, "val_accuracy": metrics["history"][-1]["val_accuracy"]}
 
 
 def main() -> None:
@@ -46,7 +47,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/ddp-bench")
     args = parser.parse_args()
     rows = [run(p, t, args) for p, t in CONFIGURATIONS]
-    print(f"| processes | threads each | images/s (training) | median epoch s | wall s ({args.epochs} epochs, {args.limit} images) |")
+    print("| processes | threads each | images/s (training) | median epoch s | "
+          f"wall s ({args.epochs} epochs, {args.limit} images) |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['processes']} | {r['threads_per_process']} | {r['images_per_second']:,.0f} | "

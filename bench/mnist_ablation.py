@@ -51,10 +51,10 @@ def main() -> None:
             out.mkdir(parents=True, exist_ok=True)
             metrics = run_training(TrainConfig(recipe, out, seed=seed, device=args.device), data, console)
             last = metrics["history"][-1]
-            print(json.dumps({"variant": name, "seed": seed, "epochs": last["epoch"], "val_accuracy": last["val_accuracy"],
-                              "test_accuracy": metrics["test"]["accuracy"],
-                              "epoch_seconds": sum(h["epoch_seconds"] for h in metrics["history"]) / len(metrics["history"])}),
-                  flush=True)
+            epoch_seconds = sum(h["epoch_seconds"] for h in metrics["history"]) / len(metrics["history"])
+            row = {"variant": name, "seed": seed, "epochs": last["epoch"], "val_accuracy": last["val_accuracy"],
+                   "test_accuracy": metrics["test"]["accuracy"], "epoch_seconds": epoch_seconds}
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

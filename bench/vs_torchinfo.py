@@ -58,7 +58,8 @@ def main() -> None:
     if args.json:
         print(json.dumps({"model": args.model, "input": size, "seconds": results}))
         return
-    print(f"{args.model} {size}, 1 thread, median of {args.repeat}, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(f"{args.model} {size}, 1 thread, median of {args.repeat}, torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}")
     for name, seconds in results.items():
         print(f"  {name:<36} {seconds * 1000:8.1f} ms")
 

@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, NoReturn, cast
+from typing import Annotated, NoReturn
 
 import torch
 import typer
@@ -65,7 +65,7 @@ def train(
 ) -> None:
     """Train with every probe attached and write the run folder (data-parallel under torchrun)."""
     from mnist_demo.distributed import Ranks, broadcast, local_rank_zero_first, process_group
-    from mnist_demo.train import PIPELINES, Pipeline, TrainConfig, pick_device, run_training
+    from mnist_demo.train import PIPELINES, TrainConfig, pick_device, run_training
 
     if recipe not in RECIPES:
         _fail(f"unknown --recipe {recipe!r}: choose {', '.join(RECIPES)}")
@@ -96,7 +96,7 @@ def train(
         except DataError as error:
             _fail(str(error) if not ranks.distributed else f"rank {ranks.rank}: {error}")
         folder = broadcast(new_run_folder(out) if ranks.main else None)  # one run folder, named by rank 0
-        config = TrainConfig(chosen, folder, seed=seed, device=device, augment=cast(Pipeline, augment),
+        config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment,
                              workers=workers, limit=limit, resume=resume, ranks=ranks, dtype=DTYPES[dtype])
         try:
             run_training(config, dataset, console)

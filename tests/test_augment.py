@@ -214,11 +214,14 @@ def torchvision_draws(cfg: AugmentConfig, n: int = N_TORCHVISION) -> dict[str, n
         for _ in range(n):
             sigma = blur.get_params(*blur.sigma)
             rotation = rot.get_params(rot.degrees)
-            angle, (tx, ty), scale, (shear, _) = aff.get_params(aff.degrees, aff.translate, aff.scale, aff.shear, [28, 28])
+            angle, (tx, ty), scale, (shear, _) = aff.get_params(
+                aff.degrees, aff.translate, aff.scale, aff.shear, [28, 28]
+            )
             _, _, h, w, _ = era.get_params(image, scale=era.scale, ratio=era.ratio, value=[0.0])
             erased = bool((era(image) == 0).any())
             rows.append((sigma, rotation, angle, tx, ty, scale, shear, erased, h, w))
-    keys = ("sigma", "rotation", "affine_angle", "translate_x", "translate_y", "scale", "shear", "erase", "erase_h", "erase_w")
+    keys = ("sigma", "rotation", "affine_angle", "translate_x", "translate_y", "scale", "shear",
+            "erase", "erase_h", "erase_w")
     params = {k: np.array(col) for k, col in zip(keys, zip(*rows))}
     return with_boxes(params, np.ones(n, dtype=bool))  # get_params always returns the box it would erase
 

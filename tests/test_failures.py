@@ -26,11 +26,15 @@ from mnist_demo.model import Net
 from torchprobe.failures import Failure, FailureAnalyzer, analyze_failures
 from torchprobe.render import render_text
 
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+PROPERTY = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 
 
 @st.composite
-def predictions(draw: st.DrawFn, max_classes: int = 12, max_samples: int = 200) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def predictions(
+    draw: st.DrawFn, max_classes: int = 12, max_samples: int = 200
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Logits on a quarter grid (exact ties are common, near-ties never), targets, batch cuts."""
     c = draw(st.integers(2, max_classes))
     n = draw(st.integers(1, max_samples))
@@ -40,7 +44,9 @@ def predictions(draw: st.DrawFn, max_classes: int = 12, max_samples: int = 200) 
     return logits, targets, [0, *cuts, n]
 
 
-def fill(analyzer: FailureAnalyzer, logits: np.ndarray, targets: np.ndarray, bounds: list[int], **columns: np.ndarray) -> FailureAnalyzer:
+def fill(
+    analyzer: FailureAnalyzer, logits: np.ndarray, targets: np.ndarray, bounds: list[int], **columns: np.ndarray
+) -> FailureAnalyzer:
     for lo, hi in zip(bounds, bounds[1:]):
         extra = {name: torch.as_tensor(values[lo:hi]) for name, values in columns.items()}
         analyzer.update(torch.from_numpy(logits[lo:hi]), torch.from_numpy(targets[lo:hi]), **extra)
@@ -95,7 +101,9 @@ class Reference:
 
     def label_issues(self, margin: float) -> set[int]:
         """Confident learning: p(predicted) >= the mean self-confidence of the predicted class."""
-        thresholds = np.array([self.self_conf[self.targets == k].mean() if np.any(self.targets == k) else np.nan for k in range(self.c)])
+        thresholds = np.array(
+            [self.self_conf[self.targets == k].mean() if np.any(self.targets == k) else np.nan for k in range(self.c)]
+        )
         with np.errstate(invalid="ignore"):
             hits = self.wrong & (self.conf >= thresholds[self.pred] + margin)
         return set(np.flatnonzero(hits).tolist())
@@ -113,7 +121,9 @@ def test_matches_numpy(case: tuple[np.ndarray, np.ndarray, list[int]]) -> None:
     assert analyzer.errors == int(ref.wrong.sum())
     assert analyzer.error_rate == pytest.approx(ref.wrong.mean())
     records = analyzer.failures
-    assert [(f.index, f.true, f.predicted) for f in records] == [(int(i), int(targets[i]), int(ref.pred[i])) for i in np.flatnonzero(ref.wrong)]
+    assert [(f.index, f.true, f.predicted) for f in records] == [
+        (int(i), int(targets[i]), int(ref.pred[i])) for i in np.flatnonzero(ref.wrong)
+    ]
     wrong = ref.wrong
     np.testing.assert_allclose([f.confidence for f in records], ref.conf[wrong], rtol=1e-5)
     np.testing.assert_allclose([f.self_confidence for f in records], ref.self_conf[wrong], rtol=1e-5)
@@ -148,16 +158,22 @@ def test_log_probabilities_give_the_same_results_as_logits(case: tuple[np.ndarra
 
 @PROPERTY
 @given(predictions(max_classes=5, max_samples=120), st.integers(1, 6), st.integers(1, 40))
-def test_kept_inputs_are_the_worst_failures_ties_included(case: tuple[np.ndarray, np.ndarray, list[int]], keep: int, spread: int) -> None:
+def test_kept_inputs_are_the_worst_failures_ties_included(
+    case: tuple[np.ndarray, np.ndarray, list[int]], keep: int, spread: int
+) -> None:
     """Duplicate indices and equal losses: the kept inputs are the first ``keep`` of all failures
     by (key desc, index asc, arrival), the order ``worst()`` reports."""
     logits, targets, bounds = case
     n = len(targets)
     indices = np.random.default_rng(spread).integers(0, spread, n)
     inputs = np.arange(n, dtype=np.float32)[:, None].repeat(3, 1)  # row i tells its arrival position
-    analyzer = fill(FailureAnalyzer(logits.shape[1], keep=keep), logits, targets, bounds, inputs=inputs, indices=indices)
+    analyzer = fill(
+        FailureAnalyzer(logits.shape[1], keep=keep), logits, targets, bounds, inputs=inputs, indices=indices
+    )
     with mock.patch.object(failures_module, "_reads_are_free", return_value=False):  # as off the CPU
-        merged_always = fill(FailureAnalyzer(logits.shape[1], keep=keep), logits, targets, bounds, inputs=inputs, indices=indices)
+        merged_always = fill(
+            FailureAnalyzer(logits.shape[1], keep=keep), logits, targets, bounds, inputs=inputs, indices=indices
+        )
     logp = torch.log_softmax(torch.from_numpy(logits), 1)
     top, pred = logp.max(1)
     wrong = np.flatnonzero(pred.numpy() != targets)
@@ -203,18 +219,39 @@ def test_reset_forgets_batches_and_indices_restart() -> None:
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda a: a.update(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)), r"outputs must be a float tensor of shape \(batch, 5\), got a float32 tensor of shape \(4, 3\)"),
+        (
+            lambda a: a.update(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)),
+            r"outputs must be a float tensor of shape \(batch, 5\), got a float32 tensor of shape \(4, 3\)",
+        ),
         (lambda a: a.update(torch.zeros(4), torch.zeros(4, dtype=torch.long)), r"shape \(batch, 5\)"),
         (lambda a: a.update(torch.zeros(4, 5, dtype=torch.long), torch.zeros(4, dtype=torch.long)), "float tensor"),
-        (lambda a: a.update(torch.zeros(4, 5), torch.zeros(3, dtype=torch.long)), r"targets must be an integer tensor of class indices of shape \(4,\)"),
+        (
+            lambda a: a.update(torch.zeros(4, 5), torch.zeros(3, dtype=torch.long)),
+            r"targets must be an integer tensor of class indices of shape \(4,\)",
+        ),
         (lambda a: a.update(torch.zeros(4, 5), torch.zeros(4, 5)), "one-hot or soft targets"),
-        (lambda a: a.update(torch.zeros(4, 5), torch.tensor([0, 1, 5, 2])), r"targets must be class indices in \[0, 5\), got values from 0 to 5"),
+        (
+            lambda a: a.update(torch.zeros(4, 5), torch.tensor([0, 1, 5, 2])),
+            r"targets must be class indices in \[0, 5\), got values from 0 to 5",
+        ),
         (lambda a: a.update(torch.zeros(4, 5), torch.tensor([0, -1, 2, 2])), "got values from -1 to 2"),
-        (lambda a: a.update(torch.tensor([[0.0] * 5, [math.nan] + [0.0] * 4]), torch.tensor([0, 1])), r"NaN \(or \+inf\) in 1 of 2 rows, first in row 1"),
+        (
+            lambda a: a.update(torch.tensor([[0.0] * 5, [math.nan] + [0.0] * 4]), torch.tensor([0, 1])),
+            r"NaN \(or \+inf\) in 1 of 2 rows, first in row 1",
+        ),
         (lambda a: a.update(torch.tensor([[math.inf] + [0.0] * 4]), torch.tensor([0])), "NaN"),
-        (lambda a: a.update(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long), inputs=torch.zeros(3, 2)), "inputs must be a tensor with the batch size 4 first"),
-        (lambda a: a.update(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long), indices=[1, 2]), "indices must be 4 integers"),
-        (lambda a: a.update(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long), indices=torch.zeros(4)), "indices must be 4 integers"),
+        (
+            lambda a: a.update(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long), inputs=torch.zeros(3, 2)),
+            "inputs must be a tensor with the batch size 4 first",
+        ),
+        (
+            lambda a: a.update(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long), indices=[1, 2]),
+            "indices must be 4 integers",
+        ),
+        (
+            lambda a: a.update(torch.zeros(4, 5), torch.zeros(4, dtype=torch.long), indices=torch.zeros(4)),
+            "indices must be 4 integers",
+        ),
         (lambda a: a.calibration_error(7), "n_bins must divide 3600"),
         (lambda a: a.worst("margin"), "by must be one of"),
         (lambda a: a.flips(), "flips need two closed epochs"),
@@ -240,7 +277,8 @@ def test_constructor_and_consistency_checks() -> None:
         analyzer.update(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"earlier batches had float32 rows of shape \(4,\)"):
         analyzer.update(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), inputs=torch.zeros(2, 5))
-    analyzer.update(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), inputs=torch.zeros(0, 4))  # an empty batch: a no-op
+    # an empty batch: a no-op
+    analyzer.update(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), inputs=torch.zeros(0, 4))
     assert analyzer.samples == 2
 
 
@@ -306,25 +344,37 @@ def test_analyze_failures_over_a_loader_restores_training_flags() -> None:
         model.eval()
         manual.update(model(x), y, inputs=x)
     assert result.to_dict() == manual.to_dict()
-    shifted = analyze_failures(model, DataLoader(TensorDataset(x, y, torch.arange(100, 170)), batch_size=32), inputs=False)
+    shifted_loader = DataLoader(TensorDataset(x, y, torch.arange(100, 170)), batch_size=32)
+    shifted = analyze_failures(model, shifted_loader, inputs=False)
     assert [f.index - 100 for f in shifted.failures] == [f.index for f in manual.failures]
     assert all(f.input is None for f in shifted.worst())
 
 
 def test_exports_are_json_safe_and_csv_has_every_failure(tmp_path) -> None:
     analyzer = FailureAnalyzer(3, ["cat", "dog", "eel"])
-    log_probs = torch.tensor([[0.0, -math.inf, -math.inf], [math.log(0.2), math.log(0.7), math.log(0.1)], [0.0, -1, -2]])
+    log_probs = torch.tensor(
+        [[0.0, -math.inf, -math.inf], [math.log(0.2), math.log(0.7), math.log(0.1)], [0.0, -1, -2]]
+    )
     analyzer.update(log_probs, torch.tensor([1, 1, 2]))
     report = analyzer.to_dict()
     json.dumps(report, allow_nan=False)
     assert report["schema"] == "torchprobe.failures/1"
-    assert report["failures"] == [{"index": 0, "true": 1, "predicted": 0, "confidence": 1.0, "loss": None},
-                                  {"index": 2, "true": 2, "predicted": 0, "confidence": pytest.approx(0.665, abs=1e-3), "loss": pytest.approx(2.408, abs=1e-3)}]
-    assert report["most_confused"] == [{"true": "dog", "predicted": "cat", "count": 1}, {"true": "eel", "predicted": "cat", "count": 1}]
-    assert report["per_class"][1] == {"class": "dog", "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert report["failures"] == [
+        {"index": 0, "true": 1, "predicted": 0, "confidence": 1.0, "loss": None},
+        {"index": 2, "true": 2, "predicted": 0,
+         "confidence": pytest.approx(0.665, abs=1e-3), "loss": pytest.approx(2.408, abs=1e-3)},
+    ]
+    assert report["most_confused"] == [
+        {"true": "dog", "predicted": "cat", "count": 1}, {"true": "eel", "predicted": "cat", "count": 1}
+    ]
+    assert report["per_class"][1] == {
+        "class": "dog", "precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2
+    }
     analyzer.to_csv(tmp_path / "failures.csv")
     rows = list(csv.DictReader(open(tmp_path / "failures.csv")))
-    assert [(r["index"], r["true_name"], r["predicted_name"]) for r in rows] == [("0", "dog", "cat"), ("2", "eel", "cat")]
+    assert [(r["index"], r["true_name"], r["predicted_name"]) for r in rows] == [
+        ("0", "dog", "cat"), ("2", "eel", "cat")
+    ]
     assert float(rows[1]["self_confidence"]) == pytest.approx(math.exp(-float(rows[1]["loss"])))
     buffer = io.StringIO()
     FailureAnalyzer(2).to_csv(buffer)
@@ -351,7 +401,9 @@ def test_failure_record() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_update_never_waits_for_the_gpu() -> None:
     analyzer = FailureAnalyzer(10, keep=8)
-    outputs, targets, inputs = torch.randn(64, 10, device="cuda"), torch.randint(0, 10, (64,), device="cuda"), torch.randn(64, 3, device="cuda")
+    outputs = torch.randn(64, 10, device="cuda")
+    targets = torch.randint(0, 10, (64,), device="cuda")
+    inputs = torch.randn(64, 3, device="cuda")
     analyzer.update(outputs, targets, inputs, indices=torch.arange(64, device="cuda"))  # allocations
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -420,7 +472,10 @@ def test_gallery_shows_de_normalised_inputs_with_captions(digits) -> None:
 
 
 def test_torchprobe_works_without_matplotlib(monkeypatch: pytest.MonkeyPatch, digits) -> None:
-    code = "import sys, torchprobe, torchprobe.failures, torchprobe.render.plots; assert 'matplotlib' not in sys.modules"
+    code = (
+        "import sys, torchprobe, torchprobe.failures, torchprobe.render.plots; "
+        "assert 'matplotlib' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     from torchprobe import plots
 

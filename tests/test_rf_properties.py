@@ -84,7 +84,9 @@ def check_model(model: nn.Module, input_size: tuple[int, ...], rng: random.Rando
     n_axes = len(input_size) - 1
     # analysed in float64, as the measurement runs: interpolation rounds its source coordinates
     # in the tensor's precision, and both sides must round alike
-    result = torchprobe.receptive_field(copy.deepcopy(model).double(), input_data=torch.zeros((1, *input_size), dtype=torch.float64))
+    result = torchprobe.receptive_field(
+        copy.deepcopy(model).double(), input_data=torch.zeros((1, *input_size), dtype=torch.float64)
+    )
 
     def context() -> str:
         return f"\nmodel:\n{model}\ninput size {input_size}\n{result}"
@@ -106,7 +108,10 @@ def check_model(model: nn.Module, input_size: tuple[int, ...], rng: random.Rando
             raw = layer.span(unit, clip=False)
             expected = (None,) * n_axes if None in analytic else analytic  # no pixel on one axis: none at all
 
-            def detail(problem: str) -> str:
+            # called only within this iteration; the defaults bind this unit's values explicitly
+            def detail(
+                problem: str, *, where=where, unit=unit, layer=layer, analytic=analytic, raw=raw, measured=measured
+            ) -> str:
                 return (
                     f"{where}, unit {unit}: {problem}; analytic span {analytic} (unclipped {raw}), measured {measured};"
                     f" rf {layer.rf}, jump {tuple(map(str, layer.jump))}, start {tuple(map(str, layer.start))},"
@@ -115,7 +120,9 @@ def check_model(model: nn.Module, input_size: tuple[int, ...], rng: random.Rando
 
             assert expected == measured, detail("analytic != measured")
             if layer.uniform and None not in layer.rf:
-                assert predicted_span(layer, unit) == raw, detail(f"(rf, jump, start) predict {predicted_span(layer, unit)}")
+                assert predicted_span(layer, unit) == raw, detail(
+                    f"(rf, jump, start) predict {predicted_span(layer, unit)}"
+                )
             for a, is_global in enumerate(layer.is_global):
                 if is_global:
                     assert analytic[a] == (0, input_size[a + 1] - 1), detail(f"axis {a} is reported global")
@@ -218,9 +225,12 @@ class Cumsum(nn.Module):
 
 
 CUMULATIVE = {
-    "conv, cumsum, conv": (nn.Sequential(nn.Conv1d(1, 1, 3, padding=1), Cumsum(), nn.Conv1d(1, 1, 3, padding=1)), (1, 9)),
-    "upsample, cumsum, strided conv": (nn.Sequential(nn.Upsample(scale_factor=2), Cumsum(), nn.Conv1d(1, 1, 3, 2, 2)), (1, 7)),
-    "transposed conv with holes, cumsum": (nn.Sequential(nn.ConvTranspose1d(1, 1, 2, 3), Cumsum(), nn.Conv1d(1, 1, 3, padding=3)), (1, 5)),
+    "conv, cumsum, conv": (
+        nn.Sequential(nn.Conv1d(1, 1, 3, padding=1), Cumsum(), nn.Conv1d(1, 1, 3, padding=1)), (1, 9)),
+    "upsample, cumsum, strided conv": (
+        nn.Sequential(nn.Upsample(scale_factor=2), Cumsum(), nn.Conv1d(1, 1, 3, 2, 2)), (1, 7)),
+    "transposed conv with holes, cumsum": (
+        nn.Sequential(nn.ConvTranspose1d(1, 1, 2, 3), Cumsum(), nn.Conv1d(1, 1, 3, padding=3)), (1, 5)),
     "cumsum along H of a 2-D map": (nn.Sequential(nn.Conv2d(1, 1, 3, 2), Cumsum(-2), nn.Conv2d(1, 1, 2)), (1, 9, 8)),
 }
 
@@ -261,7 +271,11 @@ BORDER_CASES = {
         nn.Sequential(Global(), nn.ConvTranspose1d(1, 1, 2, dilation=2, output_padding=1)), (1, 6), 8, (None,)),
     # a transposed conv's hole (no pixel) times a unit that sees pixel 4: the product sees pixel 4
     "product with a transposed conv's hole": (
-        TwoBranches(nn.Conv1d(1, 1, 1), nn.Sequential(nn.AdaptiveMaxPool1d(2), nn.ConvTranspose1d(1, 1, 2, 3, dilation=2, output_padding=2)), "mul"),
+        TwoBranches(
+            nn.Conv1d(1, 1, 1),
+            nn.Sequential(nn.AdaptiveMaxPool1d(2), nn.ConvTranspose1d(1, 1, 2, 3, dilation=2, output_padding=2)),
+            "mul",
+        ),
         (1, 8), 4, ((4, 4),)),
     # ATen computes nearest's source in float: 23 * float(28/46) = 13.9999995 -> unit 13, not 14
     "nearest resize rounds in float": (nn.Upsample(size=46), (1, 28), 23, ((13, 13),)),

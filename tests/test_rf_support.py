@@ -44,7 +44,7 @@ def make(spans: Sequence[Span]) -> Support:
 
 
 def spans_of(s: Support) -> list[Span]:
-    return [(int(l), int(h)) if l <= h else None for l, h in zip(s.lo, s.hi)]
+    return [(int(lo), int(hi)) if lo <= hi else None for lo, hi in zip(s.lo, s.hi)]
 
 
 def hull(spans: Sequence[Span]) -> Span:
@@ -153,7 +153,8 @@ def reads(draw: st.DrawFn) -> tuple[Support, np.ndarray, np.ndarray | None]:
     taps = np.array(draw(st.lists(st.integers(-3, n_in + 2), min_size=n_out * width, max_size=n_out * width)))
     mask = draw(st.none() | st.lists(st.booleans(), min_size=n_out * width, max_size=n_out * width))
     shape = (n_out, width)
-    return draw(supports(n_in)), taps.reshape(shape).astype(np.int64), None if mask is None else np.array(mask, dtype=bool).reshape(shape)
+    masks = None if mask is None else np.array(mask, dtype=bool).reshape(shape)
+    return draw(supports(n_in)), taps.reshape(shape).astype(np.int64), masks
 
 
 @CHEAP
@@ -249,7 +250,9 @@ def check_against_rf_convention(m: AxisMap, exact: Support) -> None:
             assert conventional is not None and conventional[0] <= s[0] and s[1] <= conventional[1]
 
 
-geometry = dict(n=st.integers(1, 12), k=st.integers(1, 5), s=st.integers(1, 4), d=st.integers(1, 3), p=st.integers(0, 5))
+geometry = dict(
+    n=st.integers(1, 12), k=st.integers(1, 5), s=st.integers(1, 4), d=st.integers(1, 3), p=st.integers(0, 5)
+)
 
 
 @TORCH

@@ -175,7 +175,7 @@ def test_no_unknown_ops_and_the_output_is_global(name: str, side: int) -> None:
     result = analytic(name, (3, side, side))
     assert list(result.diagnostics) == []
     assert result.fallback_reason is None
-    assert all(layer.known for layer in result.layers), [l.name for l in result.layers if not l.known]
+    assert all(layer.known for layer in result.layers), [layer.name for layer in result.layers if not layer.known]
     assert result.output.is_global == (True, True)
     assert result.output.output_shape == (1, 1000)
 
@@ -192,7 +192,8 @@ def test_inception_v3_never_sees_the_last_row_and_column_at_224() -> None:
     assert "221..223" in verdict(result)
     stem = result.layer("Conv2d_1a_3x3")
     last = stem.output_shape[-1] - 1
-    assert stem.span(last) == measure("inception_v3", (3, 224, 224), "Conv2d_1a_3x3", last).spans == ((220, 222), (220, 222))
+    measured_stem = measure("inception_v3", (3, 224, 224), "Conv2d_1a_3x3", last)
+    assert stem.span(last) == measured_stem.spans == ((220, 222), (220, 222))
 
 
 def test_resnet50_body_rf_is_427_with_jump_32() -> None:
@@ -319,14 +320,17 @@ def test_mobilenet_v3_squeeze_excitation_is_global() -> None:
         assert se == "features.1.block.1"
         names = [layer.name for layer in result.layers]
         first_se = names.index(se)
-        multiply = next(l for l in result.layers[first_se:] if l.kind == "op" and l.name.startswith(se + "."))
+        multiply = next(
+            layer for layer in result.layers[first_se:] if layer.kind == "op" and layer.name.startswith(se + ".")
+        )
         assert multiply.type.endswith("mul")
         assert multiply.is_global == (True, True)
         assert result.layer(se).is_global == (True, True)
         # Before it nothing is global; after it everything spatial is.
         assert result.layer("features.1.block.0").is_global == (False, False)
-        assert not any(any(l.is_global) for l in result.layers[:first_se] if l.name.startswith("features.0"))
-        assert all(l.is_global == (True, True) for l in result.layers[first_se + 1:])
+        stem_layers = [layer for layer in result.layers[:first_se] if layer.name.startswith("features.0")]
+        assert not any(any(layer.is_global) for layer in stem_layers)
+        assert all(layer.is_global == (True, True) for layer in result.layers[first_se + 1:])
     # Measured: every unit of the SE output depends on every input pixel.
     row = analytic("mobilenet_v3_small", case.size).layer(se)
     for unit in units(row):

@@ -154,7 +154,9 @@ def test_too_small_names_the_smallest_input() -> None:
 
 
 def test_successful_trace_lists_every_call_with_dtypes_and_kwargs() -> None:
-    result = torchprobe.trace(KeywordInputs(), input_data=torch.zeros(1, 3, 8, 8), kwargs={"mask": torch.ones(1, 4, 8, 8, dtype=torch.bool)})
+    result = torchprobe.trace(
+        KeywordInputs(), input_data=torch.zeros(1, 3, 8, 8), kwargs={"mask": torch.ones(1, 4, 8, 8, dtype=torch.bool)}
+    )
     root = result.rows[0]
     assert root.inputs_text() == "[1, 3, 8, 8], mask=[1, 4, 8, 8] bool"
     assert [r.name for r in result.rows] == ["", "conv"]
@@ -173,7 +175,12 @@ def test_ops_rows_show_functional_calls() -> None:
         ("seed_net", lambda: torchprobe.trace(Net(), (1, 28, 28))),
         ("shared_and_tied", lambda: torchprobe.trace(SharedAndTied(), (8,))),
         ("dict_output", lambda: torchprobe.trace(DictOutput(), (3, 16, 16))),
-        ("keyword_inputs", lambda: torchprobe.trace(KeywordInputs(), input_data=torch.zeros(1, 3, 8, 8), kwargs={"mask": torch.ones(1, 4, 8, 8)})),
+        (
+            "keyword_inputs",
+            lambda: torchprobe.trace(
+                KeywordInputs(), input_data=torch.zeros(1, 3, 8, 8), kwargs={"mask": torch.ones(1, 4, 8, 8)}
+            ),
+        ),
     ],
 )
 def test_rendering(golden, name: str, run) -> None:

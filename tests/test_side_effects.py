@@ -27,7 +27,9 @@ from torchprobe import Probe, Tracer
 
 # -- snapshots --------------------------------------------------------------------------------------
 
-GLOBAL_HOOK_DICTS = sorted(n for n in dir(torch_module) if n.startswith("_global_") and isinstance(getattr(torch_module, n), dict))
+GLOBAL_HOOK_DICTS = sorted(
+    n for n in dir(torch_module) if n.startswith("_global_") and isinstance(getattr(torch_module, n), dict)
+)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

@@ -46,8 +46,8 @@ def test_columns_add_up_to_the_printed_totals(name: str, depth: int | None) -> N
     model = factory()
     result = torchprobe.summary(model, shape)
     lines = result.lines(depth)
-    assert sum(l.params for l in lines) + result.uncalled_params == result.total_params
-    assert sum(l.flops for l in lines) == result.total_flops
+    assert sum(line.params for line in lines) + result.uncalled_params == result.total_params
+    assert sum(line.flops for line in lines) == result.total_flops
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -63,7 +63,7 @@ def test_totals_match_independent_counts(name: str) -> None:
 def test_shared_block_and_tied_weight_are_counted_once() -> None:
     model = SharedAndTied()
     result = torchprobe.summary(model, (8,))
-    by_label = {l.stats.label: l for l in result.lines()}
+    by_label = {line.stats.label: line for line in result.lines()}
     assert by_label["block #2"].params == 0 and by_label["block.0 #2"].shared
     assert by_label["decode"].params == 8  # its bias; the weight is encode's
     assert result.total_params == 8 * 8 + 8 + (8 * 8 + 8) + 8
@@ -87,7 +87,8 @@ def test_flops_of_random_mlps_equal_flop_counter(widths: list[int], features: in
         last = w
     model = torch.nn.Sequential(*layers)
     result = torchprobe.summary(model, (features,))
-    assert result.total_flops == reference_flops(model, features) == sum(2 * a * b for a, b in zip([features, *widths], widths))
+    expected = sum(2 * a * b for a, b in zip([features, *widths], widths))
+    assert result.total_flops == reference_flops(model, features) == expected
     assert result.rf is None  # no spatial axes, no RF columns
 
 
@@ -107,7 +108,9 @@ def test_summary_reports_the_seed_net_rf() -> None:
         ("dict_output", lambda: torchprobe.summary(DictOutput(), (3, 16, 16)), {}),
         (
             "keyword_inputs",
-            lambda: torchprobe.summary(KeywordInputs(), input_data=torch.zeros(1, 3, 8, 8), kwargs={"mask": torch.ones(1, 4, 8, 8)}),
+            lambda: torchprobe.summary(
+                KeywordInputs(), input_data=torch.zeros(1, 3, 8, 8), kwargs={"mask": torch.ones(1, 4, 8, 8)}
+            ),
             {},
         ),
     ],

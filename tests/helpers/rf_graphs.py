@@ -657,7 +657,7 @@ class GraphGen:
                 out = layer(layer(torch.zeros(1, shape.channels, *shape.sizes)))
         except RuntimeError:
             return None
-        if any(x > self.cap for x in out.shape[2:]):
+        if any(x > self.cap or x < 1 for x in out.shape[2:]):  # a transposed conv twice can leave nothing
             return None
         return [Twice(layer)], Shape(out.shape[1], tuple(out.shape[2:]))
 

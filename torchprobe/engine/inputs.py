@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,10 +9,8 @@ import torch
 from torchprobe.engine.torch_utils import META
 from torchprobe.errors import UsageError
 
-InputSize = Sequence[int]
 
-
-def batch_sizes(input_size: InputSize | Sequence[InputSize], batch: int = 1) -> list[torch.Size]:
+def batch_sizes(input_size: Any, batch: int = 1) -> list[torch.Size]:
     """``(1, 28, 28)`` or ``[(3, 32, 32), (1, 32, 32)]`` -> sizes with a batch dimension."""
     if not input_size:
         raise UsageError("input size is empty: give C,H,W (no batch dimension)")

@@ -124,28 +124,29 @@ class FailureAnalyzer(Displayable):
         if self._kept is not None:
             keys = torch.stack([target_logp.neg(), confidence])  # loss and confidence: RANKINGS
             keys.masked_fill_(predicted == targets, -math.inf)
-            self._keep_worst(keys, index, inputs.detach().to(device, non_blocking=True))
+            assert inputs is not None  # kept sets exist only for batches with inputs
+            self._keep_worst(self._kept, keys, index, inputs.detach().to(device, non_blocking=True))
         self._counters.samples += n
         self._pending_samples += n
         if self._pending_samples >= COLLECT_EVERY:
             self._collect()
 
-    def _keep_worst(self, keys: torch.Tensor, index: torch.Tensor, inputs: torch.Tensor) -> None:
+    def _keep_worst(self, kept: Kept, keys: torch.Tensor, index: torch.Tensor, inputs: torch.Tensor) -> None:
         """Off the CPU, merge every batch into the kept sets (no value is read). On the CPU, where
         reading is free, set aside only the rows that reach the last kept key (a superset of those
         that enter) and merge them once they are as many as the kept sets hold: fewer, larger merges."""
         if not _reads_are_free(inputs.device):
-            self._kept = self._kept.merge(keys, index, inputs)
+            self._kept = kept.merge(keys, index, inputs)
             return
-        rows = (keys >= self._kept.key[:, -1:]).any(0).nonzero().squeeze(1)
+        rows = (keys >= kept.key[:, -1:]).any(0).nonzero().squeeze(1)
         if len(rows):
             self._candidates.append((keys[:, rows], index[rows], inputs.index_select(0, rows)))
             self._candidate_rows += len(rows)
-            if self._candidate_rows >= self._kept.key.numel():
+            if self._candidate_rows >= kept.key.numel():
                 self._merge_candidates()
 
     def _merge_candidates(self) -> None:
-        if self._candidates:
+        if self._candidates and self._kept is not None:
             keys, index, inputs = zip(*self._candidates)
             self._kept = self._kept.merge(torch.cat(keys, 1), torch.cat(index), torch.cat(inputs))
             self._candidates, self._candidate_rows = [], 0
@@ -165,10 +166,10 @@ class FailureAnalyzer(Displayable):
         try:
             target_logp = logp.gather(1, targets.unsqueeze(1)).squeeze(1)
         except RuntimeError:
-            lo, hi = (int(v) for v in torch.aminmax(targets))
-            if 0 <= lo and hi < c:
+            low, high = (int(v) for v in torch.aminmax(targets))
+            if 0 <= low and high < c:
                 raise
-            raise ValueError(f"targets must be class indices in [0, {c}), got values from {lo} to {hi}") from None
+            raise ValueError(f"targets must be class indices in [0, {c}), got values from {low} to {high}") from None
         if cpu and math.isnan(float(top.sum())):  # NaN anywhere in a row makes its maximum NaN
             rows = top.isnan().nonzero().flatten()
             raise ValueError(f"outputs contain NaN (or +inf) in {len(rows)} of {len(top)} rows, "

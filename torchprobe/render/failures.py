@@ -20,9 +20,10 @@ def failure_report(analyzer: FailureAnalyzer, rows: int = 10) -> Any:
         for column in ("Epoch", "Samples", "Errors", "Error rate", "ECE", "Right->wrong", "Wrong->right"):
             table.add_column(column, justify="right")
         for record in analyzer.history:
-            flips = [len(analyzer.flips(record.epoch, to)) if record.epoch > 1 else "-" for to in ("wrong", "right")]
+            flips = [str(len(analyzer.flips(record.epoch, to))) if record.epoch > 1 else "-"
+                     for to in ("wrong", "right")]
             table.add_row(str(record.epoch), f"{record.samples:,}", f"{record.errors:,}", f"{record.error_rate:.2%}",
-                          f"{record.calibration_error:.4f}", str(flips[0]), str(flips[1]))
+                          f"{record.calibration_error:.4f}", flips[0], flips[1])
         parts.append(table)
     return Group(*parts)
 
@@ -34,8 +35,8 @@ def _current_report(analyzer: FailureAnalyzer, rows: int) -> Group:
     per_class = analyzer.per_class()
     if len(per_class) > 2 * rows:
         per_class = sorted(per_class, key=lambda r: r["f1"])[: 2 * rows]
-    shown = len(per_class)
-    title = "Per class" if shown == analyzer.num_classes else f"The {shown} classes with the lowest F1"
+    listed = len(per_class)
+    title = "Per class" if listed == analyzer.num_classes else f"The {listed} classes with the lowest F1"
     table = Table(title=title, title_justify="left")
     for column in ("Class", "Support", "Precision", "Recall", "F1"):
         table.add_column(column, justify="left" if column == "Class" else "right")

@@ -49,6 +49,7 @@ def gallery(analyzer: FailureAnalyzer, by: str = "loss", k: int = 16, *, mean: S
     fig.suptitle(f"Worst {len(shown)} failures by {by}" if shown else "No failures")
     for i, failure in enumerate(shown):
         ax = fig.add_subplot(rows, columns, i + 1)
+        assert failure.input is not None  # shown keeps the failures with inputs
         image = _image(failure.input, mean, std)
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
         ax.set_xticks([])

@@ -151,7 +151,7 @@ class AxisMap:
         """A one-unit map repeated over ``units`` units (it already spans the same everywhere)."""
         return replace(self, units=units, terms=tuple(t.broadcast(units) for t in self.terms))
 
-    def with_terms(self, terms: Sequence[Support]) -> AxisMap:
+    def with_terms(self, terms: Iterable[Support]) -> AxisMap:
         return replace(self, terms=tuple(terms))
 
     def sliding(

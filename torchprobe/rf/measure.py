@@ -90,10 +90,12 @@ def measure_receptive_field(
     if not captured:
         raise UsageError(f"module {layer!r} was called {calls} time(s); there is no call {call}")
     output = tensors_in(captured[0])[0]
-    picked = output[(0, slice(None), *unit)] if output.dim() >= 2 + n_axes else output[0]
+    index: tuple[int | slice, ...] = (0, slice(None), *unit)
+    picked = output[index] if output.dim() >= 2 + n_axes else output[0]
     picked.sum().backward()
-    grad = inputs[input_index].grad[0].abs().sum(0)
-    support = grad > 0
+    grad = inputs[input_index].grad
+    assert grad is not None  # the input requires grad and the output depends on it
+    support = grad[0].abs().sum(0) > 0
     return MeasuredRF(tuple(_extent(support, a) for a in range(n_axes)), support)
 
 

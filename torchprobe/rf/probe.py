@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -143,7 +143,7 @@ class RFProbe(Probe):
         if not shows_its_ops(owner):
             return
         known = [s for s in in_states if s is not None]
-        state = result[0] if isinstance(result, (list, tuple)) else result
+        state = result[0] if isinstance(result, (list, tuple)) else cast(RFState | None, result)
         if len(known) < 2 and known and known[0] == state:
             return
         site = op.site()

@@ -73,8 +73,8 @@ def diagnose(
             if found is not None:
                 return found
     if failed_op is not None:
-        for check in _OP_CHECKS:
-            found = check(failed_op, name, kind_name, producer_of, text)
+        for op_check in _OP_CHECKS:
+            found = op_check(failed_op, name, kind_name, producer_of, text)
             if found is not None:
                 return found
         operands = ", ".join(desc_text(describe(t)) for t in tensors_in((failed_op.args, failed_op.kwargs)))
@@ -151,6 +151,7 @@ def _norm(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | Non
     m, x = call.module, _first_tensor(call.args)
     if x is None:
         return None
+    got: object
     if isinstance(m, nn.modules.batchnorm._NormBase) and x.dim() >= 2 and x.shape[1] != m.num_features:
         expected, got, fix_arg = f"num_features={m.num_features} (dim 1)", x.shape[1], f"{x.shape[1]}"
     elif isinstance(m, nn.GroupNorm) and x.dim() >= 2 and x.shape[1] != m.num_channels:

@@ -47,9 +47,10 @@ def smallest_input_size(
         if upper > SEARCH_LIMIT:
             return None
     joint = least(lambda n: fits([n] * n_axes), upper)
-    return tuple(
-        least(lambda v, a=a: fits([joint] * a + [v] + [joint] * (n_axes - a - 1)), joint) for a in range(n_axes)
-    )
+    def along(axis: int) -> Callable[[int], bool]:
+        return lambda v: fits([joint] * axis + [v] + [joint] * (n_axes - axis - 1))
+
+    return tuple(least(along(a), joint) for a in range(n_axes))
 
 
 def least(fits: Callable[[int], bool], upper: int) -> int:

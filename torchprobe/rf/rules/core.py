@@ -133,13 +133,14 @@ def merge(
     unknown = first_unknown([s for _, s in known])
     if unknown:
         return unknown
-    n_axes = len(known[0][1].axes)
-    axes, dims, aligned = [], [], all(s.aligned for _, s in known)
+    carried = [(t, s) for t, s in known if isinstance(s, TensorRF)]
+    n_axes = len(carried[0][1].axes)
+    axes, dims, aligned = [], [], all(s.aligned for _, s in carried)
     for a in range(n_axes):
         merged: AxisMap | None = None
         dim: int | None = None
         grids = set()
-        for t, s in known:
+        for t, s in carried:
             m, d = s.axes[a], s.dims[a]
             if d is not None and (-d > t.dim() or t.shape[d] == 1) and -d <= len(out_shape) and out_shape[d] != 1:
                 m = m.reduced()
@@ -149,6 +150,7 @@ def merge(
             units = 1 if dim is None or -dim > len(out_shape) else out_shape[dim]
             merged = m if merged is None else merged.union(m, units)
         aligned = aligned and len(grids) <= 1
+        assert merged is not None  # carried is not empty
         axes.append(merged.broadcast(units))
         dims.append(dim)
     return TensorRF(tuple(axes), tuple(dims), aligned)

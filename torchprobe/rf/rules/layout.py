@@ -81,7 +81,7 @@ def _permutation(ctx: RuleContext) -> list[int]:
         targets = [b] if isinstance(b, int) else list(b)
         sources, targets = [s % ndim for s in sources], [t % ndim for t in targets]
         rest = [d for d in perm if d not in sources]
-        out = [None] * ndim
+        out: list[int | None] = [None] * ndim
         for s, t in zip(sources, targets):
             out[t] = s
         it = iter(rest)
@@ -192,10 +192,16 @@ def roll(ctx: RuleContext) -> RuleResult:
         return UnknownRF("roll without dims (flattened)", "")
     shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
-    state = ctx.input_state
+    state: RuleResult = ctx.input_state
     for shift, dim in zip(shifts, dims):
-        step = RuleContext(ctx.name, ctx.args, ctx.kwargs, ctx.output, lambda t, s=state: s)
-        state = _along(step, dim, lambda m, n, _out, k=shift: m.gathered([[(o - k) % n] for o in range(n)]))
+
+        def rolled(m: AxisMap, n: int, _out: int, k: int = shift) -> AxisMap:
+            return m.gathered([[(o - k) % n] for o in range(n)])
+
+        def state_so_far(_tensor: torch.Tensor, s: Any = state) -> RFState | None:
+            return s
+
+        state = _along(RuleContext(ctx.name, ctx.args, ctx.kwargs, ctx.output, state_so_far), dim, rolled)
     return state
 
 

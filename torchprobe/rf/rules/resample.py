@@ -36,7 +36,7 @@ def interpolation_taps(
         shift = np.float32(0.5) if mode == "nearest-exact" else np.float32(0)
         source = np.floor((out.astype(np.float32) + shift) * scale).astype(np.int64)
         return [[min(int(i), last)] for i in source]
-    dst = out.astype(precision)
+    dst: np.ndarray = out.astype(precision)
     if align_corners:
         scale = precision(last) / precision(size_out - 1) if size_out > 1 else precision(0)
         real = scale * dst
