@@ -16,7 +16,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from torchprobe.failures.state import (
     RANKINGS,
     Counters,
     Kept,
+    Ranking,
     Records,
     SeenRuns,
     Totals,
@@ -194,7 +195,7 @@ class FailureAnalyzer(Displayable):
         self.reset()
         return record
 
-    def flips(self, epoch: int | None = None, to: str = "wrong") -> np.ndarray:
+    def flips(self, epoch: int | None = None, to: Literal["wrong", "right"] = "wrong") -> np.ndarray:
         """Indices that went right -> wrong (``to="wrong"``) or wrong -> right (``to="right"``)
         from epoch ``epoch - 1`` to ``epoch`` (default: the last two closed epochs). A sample
         counts only if both epochs saw it."""
@@ -280,7 +281,7 @@ class FailureAnalyzer(Displayable):
         self._settle()
         return self._failed.take(np.argsort(self._failed.index, kind="stable")).failures()
 
-    def worst(self, by: str = "loss", k: int | None = None) -> list[Failure]:
+    def worst(self, by: Ranking = "loss", k: int | None = None) -> list[Failure]:
         """Failures ranked by ``loss`` or ``confidence`` (highest first, ties by index); the first
         ``keep`` carry their ``input`` when inputs were given."""
         if by not in RANKINGS:

@@ -18,7 +18,8 @@ import torch
 from torchprobe.failures.records import Failure
 
 RESOLUTION = 3600  # equal calibration bins counted; calibration_error(n_bins) is exact for its divisors
-RANKINGS = ("loss", "confidence")
+Ranking = Literal["loss", "confidence"]
+RANKINGS: tuple[Ranking, ...] = ("loss", "confidence")
 PROBLEMS = ("targets below 0", "targets >= num_classes", "NaN (or +inf) outputs")
 Reduction = Literal["sum", "gather"]
 S = TypeVar("S", bound="SyncedState")
@@ -131,7 +132,7 @@ class Kept:
         inputs = torch.cat([p.inputs for p in parts]).index_select(0, rows.flatten())
         return cls(key, index.gather(1, order), inputs)
 
-    def inputs_by(self, by: str) -> torch.Tensor:
+    def inputs_by(self, by: Ranking) -> torch.Tensor:
         k = self.key.shape[1]
         return self.inputs[RANKINGS.index(by) * k:][:k]
 

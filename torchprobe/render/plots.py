@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from torchprobe.failures import FailureAnalyzer
+    from torchprobe.failures.state import Ranking
 
 ANNOTATE_UP_TO = 20  # classes: beyond this, heatmap cells carry no numbers
 
@@ -33,8 +34,9 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def gallery(analyzer: FailureAnalyzer, by: str = "loss", k: int = 16, *, mean: Sequence[float] | float | None = None,
-            std: Sequence[float] | float | None = None, columns: int = 8) -> Figure:
+def gallery(analyzer: FailureAnalyzer, by: Ranking = "loss", k: int = 16, *,
+            mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
+            columns: int = 8) -> Figure:
     """The ``k`` worst failures by ``by`` (``"loss"`` or ``"confidence"``) as images, each with
     true -> predicted, confidence and index under it. Inputs are (C, H, W) with 1 or 3 channels,
     or (H, W); ``mean``/``std`` undo the normalisation (per channel) and the result is shown on

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -15,13 +15,17 @@ from torchprobe.engine.torch_utils import one_line, tensors_in
 from torchprobe.shapes.tensors import TensorDesc, desc_text, describe
 
 Producer = Callable[[Any], str | None]
+DiagnosisKind = Literal[
+    "too_small", "linear_in_features", "conv_rank", "conv_in_channels", "norm_size", "embedding_dtype",
+    "embedding_range", "mha_embed_dim", "matmul", "view", "cat", "op", "other",
+]
 
 
 @dataclass(frozen=True)
 class Diagnosis:
     """A failure explained. ``kind`` is machine-readable (``linear_in_features``, ``too_small``...)."""
 
-    kind: str
+    kind: DiagnosisKind
     module: str  # qualified name of the failing module ("" for the root)
     module_type: str
     expected: str
