@@ -50,6 +50,8 @@ def train(
         "--workers", min=0, help="DataLoader workers for --augment torchvision.")] = 2,
     limit: Annotated[int | None, typer.Option(
         "--limit", min=1, help="Train on the first N training images only.")] = None,
+    eval_limit: Annotated[int | None, typer.Option(
+        "--eval-limit", min=1, help="Validate and test on the first N images of each split only.")] = None,
     data: Data = None,
     download: Annotated[bool, typer.Option(
         "--download", help="Fetch MNIST with torchvision into --data if missing.")] = False,
@@ -97,7 +99,8 @@ def train(
             _fail(str(error) if not ranks.distributed else f"rank {ranks.rank}: {error}")
         folder = broadcast(new_run_folder(out) if ranks.main else None)  # one run folder, named by rank 0
         config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment,
-                             workers=workers, limit=limit, resume=resume, ranks=ranks, dtype=DTYPES[dtype])
+                             workers=workers, limit=limit, eval_limit=eval_limit, resume=resume, ranks=ranks,
+                             dtype=DTYPES[dtype])
         try:
             run_training(config, dataset, console)
         except KeyboardInterrupt:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from torchvision import transforms
+
+if TYPE_CHECKING:
+    from torchvision import transforms
 
 MEAN, STD = 0.1307, 0.3081
 SIZE = 28  # MNIST side: translations and erasing boxes are drawn in pixels of this image
@@ -95,6 +97,8 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 def torchvision_transform(cfg: AugmentConfig) -> transforms.Compose:
     """The seed's per-sample pipeline (PIL image in, normalised ``(1,28,28)`` tensor out), with
     ``RandomErasing`` moved after ``ToTensor``: the seed's order crashes on the first erased image."""
+    from torchvision import transforms  # imported when used: it costs two seconds at every start
+
     steps: list[Any] = []
     if cfg.blurs:
         steps.append(transforms.GaussianBlur(cfg.blur_kernel, sigma=cfg.blur_sigma))
@@ -110,6 +114,8 @@ def torchvision_transform(cfg: AugmentConfig) -> transforms.Compose:
 
 def eval_transform() -> transforms.Compose:
     """Validation/test pipeline: no augmentation, same normalisation."""
+    from torchvision import transforms  # imported when used: it costs two seconds at every start
+
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))])
 
 

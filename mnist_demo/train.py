@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -44,6 +44,7 @@ class TrainConfig:
     augment: Pipeline = "batched"
     workers: int = 2
     limit: int | None = None  # train on the first N training images only (quick runs, tests)
+    eval_limit: int | None = None  # validate and test on the first N images of each split only
     resume: bool = False
     ranks: Ranks = ONE_PROCESS  # this process's place in a torchrun job (one process: rank 0 of 1)
     dtype: torch.dtype = torch.float32  # float64: runs that must agree beyond float32 rounding
@@ -215,6 +216,8 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
     (give the others a quiet console)."""
     console = console or Console()
     main = config.ranks.main
+    if config.eval_limit is not None:
+        data = replace(data, val=_limited(data.val, config.eval_limit), test=_limited(data.test, config.eval_limit))
     config.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, data, console)
     if config.resume:

@@ -34,8 +34,8 @@ from tests.helpers.processes import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 
-ARGS = ["--epochs", "3", "--batch-size", "64", "--limit", "1024", "--device", "cpu", "--seed", "5",
-        "--dtype", "float64", "--dropout-scale", "0"]
+ARGS = ["--epochs", "3", "--batch-size", "64", "--limit", "1024", "--eval-limit", "1000", "--device", "cpu",
+        "--seed", "5", "--dtype", "float64", "--dropout-scale", "0"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -50,7 +50,7 @@ def quiet() -> Console:
 
 def short(out: Path, epochs: int = 3, **overrides) -> TrainConfig:
     recipe = DEFAULT.replace(epochs=epochs, batch_size=64)
-    return TrainConfig(recipe, out, seed=3, device="cpu", limit=2048, **overrides)
+    return TrainConfig(recipe, out, seed=3, device="cpu", limit=2048, eval_limit=1000, **overrides)
 
 
 @pytest.mark.slow
@@ -125,7 +125,7 @@ def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(tmp_path: Path
     last finished epoch saved; ``--resume`` then finishes the run."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "mnist_demo", "train", "--epochs", "3", "--batch-size", "64", "--limit", "2048",
-               "--device", "cpu", "--seed", "3", "--out", str(out)]
+               "--eval-limit", "1000", "--device", "cpu", "--seed", "3", "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(out / CHECKPOINT, process)
     assert process.poll() is None, "training ended before it could be interrupted"
