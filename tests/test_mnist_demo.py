@@ -120,7 +120,9 @@ def test_resume_continues_exactly_where_the_interrupt_stopped(mnist, tmp_path: P
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A real SIGINT to ``python -m mnist_demo train``: exit 130, a message naming --resume, the
     last finished epoch saved; ``--resume`` then finishes the run."""
     out = tmp_path / "run"
@@ -135,8 +137,8 @@ def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(tmp_path: Path
     assert "--resume --out" in output and "Traceback" not in output
     assert load_tensors(out / CHECKPOINT)["epoch"] >= 1
     assert not list(out.glob(".*"))  # no half-written file
-    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    code, _, stderr = run_demo([*command[3:], "--resume"], monkeypatch, capsys)  # the same command, in-process
+    assert code == 0, stderr
     assert [h["epoch"] for h in json.loads((out / METRICS).read_text())["history"]] == [1, 2, 3]
 
 
@@ -154,13 +156,29 @@ def test_resume_refuses_another_recipe(mnist, tmp_path: Path) -> None:
      (["train", "--recipe", "nope"], "--recipe"),  # found by the command
      (["train", "--resume"], "--out")],
 )
-def test_usage_errors_are_one_error_line(args: list[str], mentions: str) -> None:
+def test_usage_errors_are_one_error_line(
+    args: list[str], mentions: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``python -m mnist_demo`` with a bad option: exit 2 and one ``error:`` line on stderr (no
-    traceback, no typer panel), before any training."""
-    done = subprocess.run([sys.executable, "-m", "mnist_demo", *args], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stdout + done.stderr
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and mentions in lines[0], done.stderr
+    traceback, no typer panel), before any training. (The Ctrl-C test runs the real process.)"""
+    code, stdout, stderr = run_demo(args, monkeypatch, capsys)
+    assert code == 2, stdout + stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and mentions in lines[0], stderr
+
+
+def run_demo(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    """``python -m mnist_demo ARGS`` in this process: exit code, stdout, stderr."""
+    from mnist_demo.__main__ import app
+
+    monkeypatch.setattr(sys, "argv", ["mnist_demo", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        console_script.run(app)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
 
 
 def test_an_abort_is_error_interrupted(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
