@@ -41,10 +41,10 @@ def receptive_field(
     """
     probe = RFProbe(input_index=input_index, strict=strict)
     outcome = Tracer(model, [probe]).run(model_inputs(input_size, input_data), kwargs, device=device)
-    return rf_result(probe, outcome)
+    return _rf_result(probe, outcome)
 
 
-def rf_result(probe: RFProbe, outcome: TraceOutcome) -> RFResult:
+def _rf_result(probe: RFProbe, outcome: TraceOutcome) -> RFResult:
     records, diagnostics = probe.result()
     n_axes = len(probe.input_shape) - 1
     layers = tuple(LayerRF.from_record(r, n_axes) for r in records)
@@ -69,7 +69,7 @@ def summary(
     rf = RFProbe(input_index=input_index) if spatial else None
     outcome = Tracer(model, [stats] + ([rf] if rf else [])).run(inputs, kwargs, device=device)
     shapes = tuple(tuple(_shape_of(x)[1:]) for x in inputs)
-    rf_part = rf_result(rf, outcome) if rf else None
+    rf_part = _rf_result(rf, outcome) if rf else None
     return ModelSummary(model, shapes, tuple(stats.result()), rf_part, outcome.device, outcome.fallback_reason)
 
 
@@ -104,6 +104,6 @@ def trace(
         smallest = (lambda: smallest_input_size(model, inputs, 0, kwargs)) if len(sizes) == len(inputs) else None
         diagnosis = diagnose(cause, probe.failed_stack, probe.failed_op, probe.producer_of, smallest)
         partial = ShapeTrace(shapes, tuple(probe.result()), "meta", None, diagnosis)
-        summary = f"{diagnosis.module or '(model)'} ({diagnosis.module_type}): {diagnosis.fix}"
-        raise ShapeError(str(partial), summary, partial, diagnosis, error.input_related) from cause
+        headline = f"{diagnosis.module or '(model)'} ({diagnosis.module_type}): {diagnosis.fix}"
+        raise ShapeError(str(partial), headline, partial, diagnosis, error.input_related) from cause
     return ShapeTrace(shapes, tuple(probe.result()), outcome.device, outcome.fallback_reason)
