@@ -37,12 +37,13 @@ def cat(ctx: RuleContext) -> RuleResult:
 
 
 def _without_axis(state: RFState, axis: int) -> RFState:
-    """The same state with ``axis`` detached from its dim (its map is replaced by the caller)."""
+    """The same state with ``axis`` reduced and detached from its dim, so that the other axes merge
+    as usual (the caller replaces this axis's map by the concatenated one)."""
     if not isinstance(state, TensorRF):
         return state
-    dims = list(state.dims)
-    dims[axis] = None
-    return TensorRF(state.axes, tuple(dims), state.aligned)
+    axes, dims = list(state.axes), list(state.dims)
+    axes[axis], dims[axis] = state.reduced(axis)
+    return TensorRF(tuple(axes), tuple(dims), state.aligned)
 
 
 @register_rf_rule("stack")
@@ -52,8 +53,8 @@ def stack(ctx: RuleContext) -> RuleResult:
     ndim = tensors[0].dim()
     dim = ctx.arg(1, "dim", 0)
     dim = dim + ndim + 1 if dim < 0 else dim
-    def shift(d: int) -> int:
-        return d - 1 if ndim + d >= dim else d
+    def shift(d: int) -> int:  # negative dims: those after the new dim keep theirs, those before move left
+        return d if ndim + d >= dim else d - 1
 
     moved = [s.with_dims(shift) if isinstance(s, TensorRF) else s for s in states]
     return merge([t.unsqueeze(dim) for t in tensors], moved, ctx.out_shape)
