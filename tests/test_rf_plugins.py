@@ -90,3 +90,21 @@ def test_each_op_without_a_rule_is_noted_once_where_it_is_called() -> None:
         ("no_rule", "fft_fft2", ""), ("no_rule", "fft_ifft2", ""),
     ]
     assert all(n.to_dict()["message"] == str(n) for n in result.diagnostics)
+
+
+def test_a_rule_that_raises_is_named_as_failed_once(rules: RuleRegistry) -> None:
+    @rules.register("fft_fft2")
+    def broken(ctx: object) -> None:
+        raise IndexError("tuple index out of range")
+
+    class Spectrum(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.fft.fft2(x).abs() + 1  # the failure is handed on by ops that have rules
+
+    result = torchprobe.receptive_field(Spectrum(), (1, 8, 8))
+    assert len(result.diagnostics) == 1
+    failed = [n for n in result.diagnostics if n.code == "rule_failed"]
+    assert [(n.op, n.where) for n in failed] == [("fft_fft2", "")]
+    assert failed[0].message.startswith("rule for op 'fft_fft2' failed (called in <root>): IndexError")
+    assert "register" not in failed[0].message and "no receptive-field rule" not in failed[0].message
+    assert "failed" in (result.output.unknown or "")

@@ -11,7 +11,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 
 from torchprobe.engine.events import CallSite, ModuleCall, OpCall, shows_its_ops
 from torchprobe.engine.probe import Probe
-from torchprobe.engine.torch_utils import tensors_in
+from torchprobe.engine.torch_utils import one_line, tensors_in
 from torchprobe.errors import RFError, UsageError
 from torchprobe.notes import Note, NoteCode
 from torchprobe.rf.rules import RULES, Rule, RuleContext, RuleResult
@@ -103,15 +103,15 @@ class RFProbe(Probe):
         try:
             result = rule(context)
         except Exception as error:  # a rule that cannot read these arguments must not end the analysis
-            return self._unknown(UnknownRF(op, where), "rule_failed", detail=f"its rule failed: {error}")
+            return self._unknown(UnknownRF(op, where, one_line(error)), "rule_failed")
         for note in context.notes:
             self._note(Note("approximation", op, where, f"{note} (in {where or '<root>'})"))
         if isinstance(result, UnknownRF) and not result.where and result not in map(context.state_of, context.tensors):
             return self._unknown(UnknownRF(result.op, where), "unsupported")  # made by the rule, not handed on
         return result
 
-    def _unknown(self, unknown: UnknownRF, code: NoteCode, detail: str = "") -> UnknownRF:
-        message = unknown.reason + (f"; {detail}" if detail else "")
+    def _unknown(self, unknown: UnknownRF, code: NoteCode) -> UnknownRF:
+        message = unknown.reason
         if code != "rule_failed":
             message += f"; register one with @torchprobe.register_rf_rule({unknown.op!r})"
         if self.strict:

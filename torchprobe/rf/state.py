@@ -69,14 +69,19 @@ class TensorRF:
 
 @dataclass(frozen=True)
 class UnknownRF:
-    """No rule covers an op on the path from the input: everything downstream is unknown."""
+    """No rule covers an op on the path from the input, or its rule failed (``error``):
+    everything downstream is unknown."""
 
     op: str
     where: str
+    error: str = ""
 
     @property
     def reason(self) -> str:
-        return f"no receptive-field rule for op {self.op!r} (called in {self.where or '<root>'})"
+        where = self.where or "<root>"
+        if self.error:
+            return f"rule for op {self.op!r} failed (called in {where}): {self.error}"
+        return f"no receptive-field rule for op {self.op!r} (called in {where})"
 
 
 RFState = TensorRF | UnknownRF
