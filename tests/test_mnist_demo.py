@@ -128,7 +128,10 @@ def test_ctrl_c_in_a_terminal_stops_with_a_checkpoint_and_resumes(
     out = tmp_path / "run"
     command = [sys.executable, "-m", "mnist_demo", "train", "--epochs", "3", "--batch-size", "64", "--limit", "2048",
                "--eval-limit", "1000", "--device", "cpu", "--seed", "3", "--out", str(out)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # as a terminal starts it: SIGINT at its default, even when this suite runs as a background job
+    # (a shell without job control starts those with SIGINT ignored, and the child inherits that)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(out / CHECKPOINT, process)
     assert process.poll() is None, "training ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
