@@ -4,13 +4,12 @@ spatial axes onto the wrong dims)."""
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from torch import nn
 
 import torchprobe
+from tests.helpers.rf_checks import assert_every_unit_matches
 
 
 class CatAlongSpace(nn.Module):
@@ -53,16 +52,6 @@ class StackThenMix(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stacked = torch.stack([self.a(x), self.b(x)], dim=self.dim)  # (N, 2, C, H, W) or (N, C, 2, H, W)
         return self.head(stacked.flatten(1, 2))
-
-
-def assert_every_unit_matches(model: nn.Module, size: tuple[int, ...]) -> None:
-    result = torchprobe.receptive_field(model.double(), input_data=torch.zeros((1, *size), dtype=torch.float64))
-    assert result.diagnostics == ()
-    out = result.output
-    assert out.known
-    for unit in itertools.product(*(range(n) for n in out.units)):
-        measured = torchprobe.measure_receptive_field(model, size, "", unit).spans
-        assert out.span(unit) == measured, f"unit {unit}"
 
 
 @pytest.mark.parametrize("dim", [2, 3, -1])

@@ -30,9 +30,10 @@ The rules by family (``coverage()`` gives the same table from the registry; a te
 - ``reductions``: all, amax, amin, any, argmax, argmin, bilinear, bmm, count_nonzero, linear, log_softmax, logsumexp,
   matmul, max, mean, median, min, mm, multi_head_attention_forward, nanmean, nanmedian, nansum, norm,
   normalize, prod, scaled_dot_product_attention, softmax, softmin, std, std_mean, sum, var, var_mean
-- ``layout``: T, chunk, cummax, cummin, cumprod, cumsum, flatten, getitem, logcumsumexp, mT, moveaxis, movedim,
-  permute, ravel, reshape, reshape_as, roll, split, split_with_sizes, squeeze, swapaxes, swapdims, t,
-  tensor_split, transpose, unbind, unflatten, unsqueeze, view, view_as
+- ``layout``: T, chunk, cummax, cummin, cumprod, cumsum, flatten, flip, fliplr, flipud, getitem, logcumsumexp, mT,
+  moveaxis, movedim, narrow, permute, ravel, repeat, repeat_interleave, reshape, reshape_as, roll,
+  split, split_with_sizes, squeeze, swapaxes, swapdims, t, tensor_split, tile, transpose, unbind,
+  unflatten, unsqueeze, view, view_as
 """
 
 from torchprobe.rf.rules import elementwise, joins, layout, reductions, resample, sliding

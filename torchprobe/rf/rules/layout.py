@@ -141,15 +141,31 @@ def getitem(ctx: RuleContext) -> RuleResult:
     return TensorRF(tuple(axes), tuple(None if d is None else new_dims.get(d) for d in dims), state.aligned)
 
 
-def _along(ctx: RuleContext, dim: int, geometry: Callable[[AxisMap, int, int], AxisMap]) -> RuleResult:
-    """Apply ``geometry(map, in_units, out_units)`` to the axis carried by tensor dim ``dim``."""
+Geometry = Callable[[AxisMap, int, int], AxisMap]  # (map, in_units, out_units) -> map
+
+
+def _along(ctx: RuleContext, steps: Sequence[tuple[int, Geometry]]) -> RuleResult:
+    """Apply each ``geometry(map, in_units, out_units)`` to the axis its tensor dim carries."""
     state = ctx.input_state
     if not isinstance(state, TensorRF):
         return state
-    x = ctx.input
-    neg = dim - x.dim() if dim >= 0 else dim
-    out_shape = ctx.out_shape
-    return state.map_axes(lambda a, m, d: (geometry(m, x.shape[d], out_shape[d]), d) if d == neg else (m, d))
+    x, out_shape = ctx.input, ctx.out_shape
+    for dim, geometry in steps:
+        neg = dim - x.dim() if dim >= 0 else dim
+
+        def move(a: int, m: AxisMap, d: int | None, neg: int = neg, geometry: Geometry = geometry) -> tuple:
+            return (geometry(m, x.shape[d], out_shape[d]), d) if d == neg and d is not None else (m, d)
+
+        state = state.map_axes(move)
+    return state
+
+
+def _int_args(ctx: RuleContext, index: int, name: str) -> list[int]:
+    """``x.flip(2, 3)``, ``x.flip((2, 3))`` or ``torch.flip(x, dims=[2, 3])`` -> ``[2, 3]``."""
+    value = ctx.arg(index, name)
+    if len(ctx.args) > index + 1 or isinstance(value, int):
+        return [int(v) for v in ctx.args[index:]]
+    return [int(v) for v in value]
 
 
 @register_rf_rule("chunk", "split", "split_with_sizes", "tensor_split", "unbind")
@@ -192,20 +208,52 @@ def roll(ctx: RuleContext) -> RuleResult:
         return UnknownRF("roll without dims (flattened)", "")
     shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
-    state: RuleResult = ctx.input_state
-    for shift, dim in zip(shifts, dims):
 
-        def rolled(m: AxisMap, n: int, _out: int, k: int = shift) -> AxisMap:
-            return m.gathered([[(o - k) % n] for o in range(n)])
+    def rolled(k: int) -> Geometry:
+        return lambda m, n, _out: m.gathered([[(o - k) % n] for o in range(n)])
 
-        def state_so_far(_tensor: torch.Tensor, s: Any = state) -> RFState | None:
-            return s
-
-        state = _along(RuleContext(ctx.name, ctx.args, ctx.kwargs, ctx.output, state_so_far), dim, rolled)
-    return state
+    return _along(ctx, [(dim, rolled(shift)) for shift, dim in zip(shifts, dims)])
 
 
 @register_rf_rule("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp")
 def cumulative(ctx: RuleContext) -> RuleResult:
     """Unit ``o`` along ``dim`` depends on units ``0 .. o``."""
-    return _along(ctx, ctx.arg(1, "dim"), lambda m, _in, _out: m.cumulative())
+    return _along(ctx, [(ctx.arg(1, "dim"), lambda m, _in, _out: m.cumulative())])
+
+
+@register_rf_rule("flip", "fliplr", "flipud")
+def flip(ctx: RuleContext) -> RuleResult:
+    """Unit ``o`` of a flipped dim of ``n`` units is unit ``n - 1 - o``."""
+    dims = {"fliplr": [1], "flipud": [0]}.get(ctx.name) or _int_args(ctx, 1, "dims")
+    return _along(ctx, [(d, lambda m, n, _out: m.gathered([[n - 1 - o] for o in range(n)])) for d in dims])
+
+
+@register_rf_rule("narrow")
+def narrow(ctx: RuleContext) -> RuleResult:
+    """``length`` units from ``start`` on (a negative start counts from the end)."""
+    dim, start, length = ctx.arg(1, "dim"), int(ctx.arg(2, "start")), int(ctx.arg(3, "length"))
+    return _along(ctx, [(dim, lambda m, n, _out: m.sliding(1, 1, -(start % n), 1, length))])
+
+
+@register_rf_rule("repeat", "tile")
+def repeat(ctx: RuleContext) -> RuleResult:
+    """``x.repeat(*sizes)`` / ``x.tile(dims)``: unit ``o`` of a dim repeated ``r`` times is unit
+    ``o mod n``; new leading dims (``sizes`` longer than ``x.dim()``) carry no axis."""
+    counts = _int_args(ctx, 1, "repeats" if ctx.name == "repeat" else "dims")
+    counts = [1] * (ctx.input.dim() - len(counts)) + counts  # tile pads at the front, repeat never needs to
+    tiled = [(d, lambda m, n, out: m.gathered([[o % n] for o in range(out)]))
+             for d in range(-1, -ctx.input.dim() - 1, -1) if counts[d] != 1]
+    return _along(ctx, tiled)
+
+
+@register_rf_rule("repeat_interleave")
+def repeat_interleave(ctx: RuleContext) -> RuleResult:
+    """Each unit ``r`` times in a row: unit ``o`` is unit ``o // r``."""
+    repeats, dim = ctx.arg(1, "repeats"), ctx.arg(2, "dim")
+    if isinstance(repeats, torch.Tensor) and repeats.numel() == 1 and repeats.device.type != "meta":
+        repeats = int(repeats)
+    if dim is None:
+        return UnknownRF("repeat_interleave without dim (flattened)", "")
+    if not isinstance(repeats, int):
+        return UnknownRF("repeat_interleave with a repeat count per unit", "")
+    return _along(ctx, [(dim, lambda m, n, out: m.gathered([[o // repeats] for o in range(out)]))])
