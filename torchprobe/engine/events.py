@@ -28,6 +28,7 @@ class CallSite:
         return (self.name or "(model)") + (f" #{self.call + 1}" if self.call else "")
 
     def site_dict(self) -> dict[str, Any]:
+        """The identity's fields: what a record built on this call passes on, and what JSON shows."""
         return {"name": self.name, "type": self.type, "kind": self.kind, "depth": self.depth, "call": self.call}
 
 
@@ -81,8 +82,10 @@ class OpCall:
             return self.kwargs[name]
         return self.args[index] if index < len(self.args) else default
 
-    def site(self, call: int = 0) -> CallSite:
-        """The op's own row: ``block.add`` inside ``block``, one level deeper than its owner."""
+    @property
+    def site(self) -> CallSite:
+        """The op's own row: ``block.add`` inside ``block``, one level deeper than its owner (its
+        first call; a probe that counts calls sets ``call``)."""
         owner = self.owner
         name = f"{owner.name}.{self.name}" if owner is not None and owner.name else self.name
-        return CallSite(name, self.name, owner.depth + 1 if owner is not None else 0, call, "op")
+        return CallSite(name, self.name, owner.depth + 1 if owner is not None else 0, 0, "op")

@@ -231,7 +231,7 @@ class FailureAnalyzer(Displayable):
         wrong = true != predicted
         self._seen = self._seen.add(index)
         new = Records(index, true, predicted, confidence, -target_logp).take(wrong)
-        self._failed = Records.concat([self._failed, new])
+        self._failed = Records.combine([self._failed, new])
 
     def _settle(self) -> None:
         if self._counters.problems is not None:

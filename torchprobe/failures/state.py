@@ -169,10 +169,6 @@ class Records:
         ints, reals = np.empty(0, np.int64), np.empty(0, np.float32)
         return cls(ints, ints, ints, reals, reals)
 
-    @classmethod
-    def concat(cls, parts: Sequence[Records]) -> Records:
-        return cls(*(np.concatenate(column) for column in zip(*(p.columns() for p in parts))))
-
     def columns(self) -> tuple[np.ndarray, ...]:
         return self.index, self.true, self.predicted, self.confidence, self.loss
 
@@ -193,7 +189,8 @@ class Records:
 
     @classmethod
     def combine(cls, parts: Sequence[Records]) -> Records:
-        return cls.concat(parts)
+        """Rows of all parts, in order: batches as they are collected, processes in rank order."""
+        return cls(*(np.concatenate(column) for column in zip(*(p.columns() for p in parts))))
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
@@ -74,7 +74,7 @@ class RFProbe(Probe):
             return
         outputs = tensors_in(call.output)
         self.records[self._slots.pop(id(call))] = LayerRecord(
-            **vars(call.site), output_shape=tuple(outputs[0].shape) if outputs else None,
+            **call.site.site_dict(), output_shape=tuple(outputs[0].shape) if outputs else None,
             state=self._primary_state(outputs), leaf=call.leaf,
         )
 
@@ -146,12 +146,12 @@ class RFProbe(Probe):
         state = result[0] if isinstance(result, (list, tuple)) else cast(RFState | None, result)
         if len(known) < 2 and known and known[0] == state:
             return
-        site = op.site()
-        site = op.site(self._op_calls.get(site.name, 0))
+        site = op.site
+        site = replace(site, call=self._op_calls.get(site.name, 0))
         self._op_calls[site.name] = site.call + 1
         outputs = tensors_in(op.output) or tensors_in(op.args[:1])
         shape = tuple(outputs[0].shape) if outputs else None
-        self.records.append(LayerRecord(**vars(site), output_shape=shape, state=state))
+        self.records.append(LayerRecord(**site.site_dict(), output_shape=shape, state=state))
 
     def result(self) -> tuple[list[LayerRecord], list[Note]]:
         """Rows in call order (modules that never returned, after a failure, are left out)."""

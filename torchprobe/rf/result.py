@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
@@ -81,7 +81,7 @@ class LayerRF(CallSite):
     def from_record(cls, record: LayerRecord, n_axes: int) -> LayerRF:
         state = record.state
         blank = (None,) * n_axes
-        site = {f.name: getattr(record, f.name) for f in fields(CallSite)}
+        site = record.site_dict()
         if not isinstance(state, TensorRF):
             unknown = state.reason if isinstance(state, UnknownRF) else None
             return cls(**site, output_shape=record.output_shape, rf=blank, jump=blank, start=blank,

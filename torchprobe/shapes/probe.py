@@ -42,7 +42,7 @@ class ShapeProbe(Probe):
 
     def module_enter(self, call: ModuleCall) -> None:
         self._open[id(call)] = len(self.rows)
-        self.rows.append(CallRow(**vars(call.site), inputs=call_inputs(call.args, call.kwargs)))
+        self.rows.append(CallRow(**call.site.site_dict(), inputs=call_inputs(call.args, call.kwargs)))
 
     def module_exit(self, call: ModuleCall) -> None:
         index = self._open.pop(id(call))
@@ -59,7 +59,7 @@ class ShapeProbe(Probe):
             self.producers.setdefault(t, label)
         if self.ops and shows_its_ops(owner):
             inputs = call_inputs(op.args, op.kwargs, tensors_only=True)
-            self.rows.append(CallRow(**vars(op.site()), inputs=inputs, outputs=describe(op.output), status="ok"))
+            self.rows.append(CallRow(**op.site.site_dict(), inputs=inputs, outputs=describe(op.output), status="ok"))
 
     def op_failed(self, op: OpCall) -> None:
         self.failed_op = op

@@ -43,7 +43,7 @@ class SummaryProbe(Probe):
 
     def module_enter(self, call: ModuleCall) -> None:
         parent = self._open[-1][0] if self._open else None
-        self.rows.append(CallStats(**vars(call.site), parent=parent, module=call.module))
+        self.rows.append(CallStats(**call.site.site_dict(), parent=parent, module=call.module))
         self._open.append((len(self.rows) - 1, self.total_flops()))
 
     def module_exit(self, call: ModuleCall) -> None:
