@@ -52,7 +52,7 @@ class RFProbe(Probe):
                 f"input of shape {tuple(x.shape[1:])} has no spatial axes: give C,L / C,H,W / C,D,H,W"
             )
         self.input_shape = tuple(x.shape[1:])
-        self.states[x] = TensorRF.of_input(tuple(x.shape[2:]))
+        self.states[x] = TensorRF.of_input(tuple(x.shape), range(2, x.dim()))
 
     # -- events ---------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from torchprobe.display import Displayable
 from torchprobe.engine.events import CallSite
 from torchprobe.notes import Note, fallback_notes
 from torchprobe.rf.axis import AxisMap
+from torchprobe.rf.placement import NO_UNIT, Placement
 from torchprobe.rf.probe import LayerRecord
 from torchprobe.rf.state import TensorRF, UnknownRF
 from torchprobe.rf.support import Support, covers, joint_span, seen
@@ -36,16 +37,35 @@ class LayerRF(CallSite):
     unknown: str | None = None
     leaf: bool = True
     maps: tuple[AxisMap, ...] | None = None  # the exact span maps, for per-unit questions
-    units: tuple[int, ...] = ()
+    places: tuple[Placement, ...] = ()  # where each axis's units are in the output
+    unit_dims: tuple[int, ...] = ()  # the output dims that tell units apart (batch dim 0 included)
+    units: tuple[int, ...] = ()  # their sizes
+
+    @property
+    def axis_dims(self) -> tuple[tuple[int, ...], ...]:
+        """Per input axis, the output dims that address it (none once it is reduced)."""
+        ndim = len(self.output_shape or ())
+        return tuple(tuple(d + ndim for d in p.dims) for p in self.places)
 
     def span(self, unit: int | Sequence[int], clip: bool = True) -> tuple[tuple[int, int] | None, ...]:
-        """Input pixels ``(first, last)`` per axis that output ``unit`` depends on; with ``clip``
-        False, its span by the RF convention (padding included). None where it sees nothing."""
+        """Input pixels ``(first, last)`` per axis that output ``unit`` depends on: ``unit`` is an
+        index per dim of ``unit_dims`` (an int: the same on each; other dims are summed over, as
+        channels). With ``clip`` False, its span by the RF convention (padding included). None
+        where it sees nothing."""
         maps = self.known_maps
-        units = (unit,) * len(maps) if isinstance(unit, int) else tuple(unit)
+        index = self._index(unit)
+        units = [p.unit(index) for p in self.places]
         if clip:
             return joint_span(self.factors, units)
-        return tuple(m.span(u) for m, u in zip(maps, units))
+        return tuple(None if u == NO_UNIT else m.span(u) for m, u in zip(maps, units))
+
+    def _index(self, unit: int | Sequence[int]) -> dict[int, int]:
+        values = (unit,) * len(self.unit_dims) if isinstance(unit, int) else tuple(unit)
+        if len(values) != len(self.unit_dims):
+            raise ValueError(f"unit {tuple(values)} of {self.name or '(model)'} needs one index per unit dim "
+                             f"{self.unit_dims} of its output {self.output_shape}")
+        ndim = len(self.output_shape or ())
+        return {d - ndim: v for d, v in zip(self.unit_dims, values)}
 
     def seen(self, axis: int) -> tuple[int, int] | None:
         """The pixels of ``axis`` that some unit depends on (their hull)."""
@@ -87,7 +107,7 @@ class LayerRF(CallSite):
             return cls(**site, output_shape=record.output_shape, rf=blank, jump=blank, start=blank,
                        is_global=(False,) * n_axes, aligned=True, uniform=True, unknown=unknown, leaf=record.leaf)
         shape = record.output_shape or ()
-        units = [state.units(a, shape) for a in range(n_axes)]
+        unit_dims = tuple(d + len(shape) for d in state.unit_dims())
         return cls(
             **site,
             output_shape=record.output_shape,
@@ -99,7 +119,9 @@ class LayerRF(CallSite):
             uniform=all(m.uniform for m in state.axes),
             leaf=record.leaf,
             maps=state.axes,
-            units=tuple(units),
+            places=state.places,
+            unit_dims=unit_dims,
+            units=tuple(shape[d] for d in unit_dims),
         )
 
     def to_dict(self) -> dict[str, Any]:

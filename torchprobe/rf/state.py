@@ -1,43 +1,48 @@
-"""What the RF probe knows about one tensor: a span map per input spatial axis, and which tensor
-dimension (counted from the end, so that broadcasting lines up) carries each axis."""
+"""What the RF probe knows about one tensor: a span map per input spatial axis, and where in the
+tensor each axis's units are (:mod:`torchprobe.rf.placement`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from torchprobe.rf.axis import AxisMap
+from torchprobe.rf.placement import NO_UNIT, Placement
 from torchprobe.rf.support import Support, fused
+
+Rows = Sequence[Sequence[int]]
 
 
 @dataclass(frozen=True)
 class TensorRF:
     """Receptive field of every unit of a tensor, per input spatial axis.
 
-    ``dims[a]`` is the (negative) tensor dimension that indexes axis ``a``, or None once the axis
-    was reduced away (pooled globally, flattened, contracted by a Linear): then every unit spans
-    the same interval and ``axes[a]`` is a constant map. ``aligned`` turns False for good once two
-    branches whose unit grids disagree were merged.
+    ``places[a]`` says which tensor dims (negative, so that broadcasting lines up) address the
+    units of ``axes[a]``; a reduced axis (pooled globally, contracted by a Linear) is nowhere and
+    has one unit. ``aligned`` turns False for good once two branches whose unit grids disagree
+    were merged.
     """
 
     axes: tuple[AxisMap, ...]
-    dims: tuple[int | None, ...]
+    places: tuple[Placement, ...]
     aligned: bool = True
 
     @classmethod
-    def of_input(cls, spatial_sizes: Sequence[int]) -> TensorRF:
-        n = len(spatial_sizes)
-        return cls(tuple(AxisMap.identity(s) for s in spatial_sizes), tuple(range(-n, 0)))
+    def of_input(cls, shape: Sequence[int], spatial: Sequence[int]) -> TensorRF:
+        """The input (batch first): axis ``a`` is dim ``spatial[a]``, unit ``i`` pixel ``i``."""
+        n = len(shape)
+        return cls(
+            tuple(AxisMap.identity(shape[d]) for d in spatial),
+            tuple(Placement.on(d - n, shape[d]) for d in spatial),
+        )
 
-    def units(self, axis: int, shape: Sequence[int]) -> int:
-        """How many units the tensor has along ``axis`` (1 once reduced)."""
-        dim = self.dims[axis]
-        return 1 if dim is None or -dim > len(shape) else shape[dim]
-
-    def map_axes(self, fn: Callable[[int, AxisMap, int | None], tuple[AxisMap, int | None]]) -> TensorRF:
-        """Apply ``fn(axis, map, dim) -> (map, dim)`` to every axis."""
-        pairs = [fn(a, m, d) for a, (m, d) in enumerate(zip(self.axes, self.dims))]
-        return replace(self, axes=tuple(p[0] for p in pairs), dims=tuple(p[1] for p in pairs))
+    def map_axes(self, fn: Callable[[int, AxisMap, Placement], tuple[AxisMap, Placement]]) -> TensorRF:
+        """Apply ``fn(axis, map, placement) -> (map, placement)`` to every axis."""
+        pairs = [fn(a, m, p) for a, (m, p) in enumerate(zip(self.axes, self.places))]
+        return replace(self, axes=tuple(p[0] for p in pairs), places=tuple(p[1] for p in pairs))
 
     @property
     def factors(self) -> list[tuple[Support, ...]]:
@@ -51,20 +56,153 @@ class TensorRF:
         terms = fused(self.factors)
         return replace(self, axes=tuple(m.with_terms(t[a] for t in terms) for a, m in enumerate(self.axes)))
 
-    def reduced(self, axis: int, keep_dim: bool = False) -> tuple[AxisMap, int | None]:
-        """``(map, dim)`` of ``axis`` once every unit along it is combined into one."""
-        return self.axes[axis].reduced(), (self.dims[axis] if keep_dim else None)
+    def unit_dims(self) -> tuple[int, ...]:
+        """The (negative) dims that address some axis: those that tell units apart."""
+        return tuple(sorted({d for p in self.places for d in p.dims}))
 
-    def with_dims(self, remap: Callable[[int], int | None]) -> TensorRF:
-        """Move axes to new dims (``remap`` takes and returns negative dims); None reduces."""
+    def moved(self, remap: Callable[[int], int]) -> TensorRF:
+        """Every dim renamed by ``remap`` (negative to negative): a permutation, or the shift of an
+        added or removed dim that carries no axis."""
+        return replace(self, places=tuple(p.moved(remap) for p in self.places))
 
-        def move(a: int, m: AxisMap, d: int | None) -> tuple[AxisMap, int | None]:
-            if d is None:
-                return m, None
-            new = remap(d)
-            return (m, new) if new is not None else self.reduced(a)
+    def reduced_over(self, dims: Sequence[int], shape: Sequence[int]) -> TensorRF:
+        """Units combined along ``dims`` (they stay, with one index): each unit now reads every
+        unit that differs from it only there."""
+        return self.map_axes(lambda _a, m, p: combined(m, p, dims, shape))
 
-        return self.map_axes(move)
+    def along(
+        self,
+        dim: int,
+        shapes: tuple[Sequence[int], Sequence[int]],
+        rows: Callable[[], Rows],
+        geometry: Callable[[AxisMap], AxisMap] | None = None,
+    ) -> TensorRF:
+        """Index ``j`` of ``dim`` now reads indices ``rows()[j]`` of it (``shapes``: the tensor's
+        shape before and after). An axis that ``dim`` alone carries takes ``geometry`` when given
+        (it keeps the RF convention past the edges, and is periodic where rows are not)."""
+
+        def step(_a: int, m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
+            if dim not in p.dims:
+                return m, p
+            if p.dims == (dim,):
+                m, p = sole(m, p)
+                return (geometry(m) if geometry else m.gathered(rows())), Placement.on(dim, shapes[1][dim])
+            return along_shared(m, p, dim, shapes, rows())
+
+        return self.map_axes(step)
+
+
+def sole(m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
+    """An axis on one dim, re-indexed so that index ``i`` is unit ``i`` (a view that repeated or
+    reordered its units, e.g. nearest upsampling by ``expand``)."""
+    if p.dim is not None:
+        return m, p
+    table = p.tables[0]
+    return m.gathered([[int(u)] if u >= 0 else [] for u in table]), Placement.on(p.dims[0], len(table))
+
+
+def reindexed(m: AxisMap, units: np.ndarray, dims: Sequence[int], shape: Sequence[int]) -> tuple[AxisMap, Placement]:
+    """The axis re-numbered over ``dims``: the unit at each index is old unit ``units[index]``
+    (NO_UNIT: none), in the fewest units that tell the indices apart (see :func:`compacted`)."""
+    return compacted(m, units.reshape([shape[d] for d in dims]), dims)
+
+
+def compacted(m: AxisMap, units: np.ndarray, dims: Sequence[int]) -> tuple[AxisMap, Placement]:
+    """The placement with the fewest units that gives every index of ``dims`` the spans and
+    support of old unit ``units[index]``: along each dim, indices that behave alike for every
+    index of the other dims become one (a window index in the batch dim keeps only the window's
+    row for the row axis)."""
+    signature = _signature(m)
+    missing = np.full((1, signature.shape[1]), -2, dtype=np.int64)
+    grid = np.concatenate([signature, missing])[np.where(units == NO_UNIT, len(signature), units)]
+    classes, firsts, counts = [], [], []
+    for k in range(len(dims)):
+        rows = np.moveaxis(grid, k, 0).reshape(units.shape[k], -1)
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first)  # classes numbered by first appearance, so that order is kept
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        classes.append(rank[inverse.reshape(-1)])
+        firsts.append(first[order])
+        counts.append(len(order))
+    strides = [int(np.prod(counts[k + 1 :])) for k in range(len(dims))]
+    rows_of_units: list[list[int]] = []
+    for combo in np.ndindex(*counts):
+        old = int(units[tuple(f[c] for f, c in zip(firsts, combo))])
+        rows_of_units.append([old] if old != NO_UNIT else [])
+    lost = [np.moveaxis(units == NO_UNIT, k, 0).reshape(units.shape[k], -1).all(axis=1) for k in range(len(dims))]
+    pairs = [(d, np.where(gone, NO_UNIT, c * stride)) for d, c, stride, gone in zip(dims, classes, strides, lost)]
+    return m.gathered(rows_of_units), Placement.of(pairs)
+
+
+def _signature(m: AxisMap) -> np.ndarray:
+    """Per unit: its span by the RF convention and its interval in every support term."""
+    u = np.arange(m.units)
+    q, r = np.divmod(u, m.period)
+    columns = []
+    for bound in (m.lo, m.hi):
+        base = np.array([-3 if b is None else b for b in bound], dtype=np.int64)[r]
+        columns.append(np.where(base == -3, -3, base + q * m.shift))
+    for term in m.terms:
+        columns += [np.broadcast_to(term.lo, (m.units,)), np.broadcast_to(term.hi, (m.units,))]
+    return np.stack(columns, axis=1)
+
+
+def combined(m: AxisMap, p: Placement, dims: Sequence[int], shape: Sequence[int]) -> tuple[AxisMap, Placement]:
+    """One axis, its units combined along ``dims`` (see :meth:`TensorRF.reduced_over`). The dims
+    left keep their tables, renumbered densely: unit ``(r_1, ..., r_k)`` of their distinct values
+    reads every old unit those values and any index of ``dims`` give."""
+    gone = [d for d in p.dims if d in dims]
+    if not gone:
+        return m, p
+    rest = [d for d in p.dims if d not in dims]
+    if not rest:
+        return m.reduced(), Placement.nowhere()
+    table = dict(zip(p.dims, p.tables))
+    values = [np.unique(table[d][table[d] != NO_UNIT]) for d in rest]
+    counts = [len(v) for v in values]
+    strides = [math.prod(counts[k + 1 :]) for k in range(len(rest))]
+    offsets = Placement.of([(d, table[d]) for d in gone]).grid(gone, shape).reshape(-1)
+    offsets = offsets[offsets != NO_UNIT]
+    rows = []
+    for combo in np.ndindex(*counts):
+        base = sum(int(v[c]) for v, c in zip(values, combo))
+        rows.append(np.unique(base + offsets).tolist())
+    ranks = [np.where(table[d] == NO_UNIT, NO_UNIT, np.searchsorted(v, table[d])) for d, v in zip(rest, values)]
+    units = Placement.of([(d, r * s) for d, r, s in zip(rest, ranks, strides)]).grid(rest, shape)
+    return compacted(m.gathered(rows), units, rest)
+
+
+def picked(m: AxisMap, p: Placement, dim: int, index: int, shape: Sequence[int]) -> tuple[AxisMap, Placement]:
+    """One axis once index ``index`` of ``dim`` is taken (the dim goes away; dims keep their names)."""
+    if dim not in p.dims:
+        return m, p
+    if p.dim == dim:
+        return m.picked(index), Placement.nowhere()
+    rest = [d for d in p.dims if d != dim]
+    grid = np.take(p.grid(list(p.dims), shape), index, axis=list(p.dims).index(dim))
+    if not rest:
+        unit = int(grid)
+        return (m.picked(unit) if unit != NO_UNIT else m.gathered([[]])), Placement.nowhere()
+    return reindexed(m, grid, rest, shape)
+
+
+def along_shared(
+    m: AxisMap, p: Placement, dim: int, shapes: tuple[Sequence[int], Sequence[int]], rows: Rows
+) -> tuple[AxisMap, Placement]:
+    """:meth:`TensorRF.along` for an axis that other dims carry too: spelled out per unit."""
+    before, after = shapes
+    dims = list(p.dims)
+    at = dims.index(dim)
+    grid = np.moveaxis(p.grid(dims, before), at, 0)  # (index along dim, the other carrying dims...)
+    sizes = [after[d] for d in dims]
+    out_rows: list[list[int]] = []
+    for index in np.ndindex(*sizes):
+        rest = index[:at] + index[at + 1 :]
+        taps = list(rows[index[at]])
+        read = grid[(taps,) + rest] if taps else np.empty(0, dtype=np.int64)
+        out_rows.append(np.unique(read[read != NO_UNIT]).tolist())
+    return reindexed(m.gathered(out_rows), np.arange(len(out_rows)).reshape(sizes), dims, after)
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,21 @@ every family of rules is written with (broadcasting ``merge``, per-axis ``spatia
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.rf.axis import AxisMap
-from torchprobe.rf.state import RFState, TensorRF, UnknownRF
+from torchprobe.rf.placement import NO_UNIT, Placement
+from torchprobe.rf.state import RFState, TensorRF, UnknownRF, compacted
 
 RULE_ENTRY_POINT_GROUP = "torchprobe.rf_rules"
 RuleResult = RFState | Sequence[RFState | None] | None
@@ -133,27 +136,76 @@ def merge(
     unknown = first_unknown([s for _, s in known])
     if unknown:
         return unknown
-    carried = [(t, s) for t, s in known if isinstance(s, TensorRF)]
-    n_axes = len(carried[0][1].axes)
-    axes, dims, aligned = [], [], all(s.aligned for _, s in carried)
-    for a in range(n_axes):
-        merged: AxisMap | None = None
-        dim: int | None = None
-        grids = set()
-        for t, s in carried:
-            m, d = s.axes[a], s.dims[a]
-            if d is not None and (-d > t.dim() or t.shape[d] == 1) and -d <= len(out_shape) and out_shape[d] != 1:
-                m = m.reduced()
-            elif d is not None:
-                grids.add((m.jump, m.start))
-            dim = d if dim is None else dim
-            units = 1 if dim is None or -dim > len(out_shape) else out_shape[dim]
-            merged = m if merged is None else merged.union(m, units)
-        aligned = aligned and len(grids) <= 1
-        assert merged is not None  # carried is not empty
-        axes.append(merged.broadcast(units))
-        dims.append(dim)
-    return TensorRF(tuple(axes), tuple(dims), aligned)
+    carried = [s for _, s in known if isinstance(s, TensorRF)]
+    axes, places = [], []
+    for a in range(len(carried[0].axes)):
+        m, p, grids = _merged_axis([(s.axes[a], s.places[a].broadcast(_padded(t.shape, out_shape)))
+                                    for t, s in known if isinstance(s, TensorRF)], out_shape)
+        axes.append(m)
+        places.append(p)
+        if len(grids) > 1:
+            carried = [replace(s, aligned=False) for s in carried]
+    return TensorRF(tuple(axes), tuple(places), all(s.aligned for s in carried))
+
+
+def _padded(shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:
+    """An operand's shape as it broadcasts against ``out_shape`` (sizes of the output where it is 1)."""
+    shape = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    return tuple(o if s == 1 else s for s, o in zip(shape, out_shape))
+
+
+def _merged_axis(
+    operands: list[tuple[AxisMap, Placement]], out_shape: Sequence[int]
+) -> tuple[AxisMap, Placement, set[tuple]]:
+    """One axis of a merge: the union of the operands' maps, on a placement that addresses all of
+    them: theirs when they agree, the finest when the others' units are functions of its units
+    (attention's query tokens and the window their keys fill), else every index spelled out."""
+    placed = [(m, p) for m, p in operands if p.dims]
+    grids = {(m.jump, m.start) for m, _ in placed}
+    if not placed:
+        merged = operands[0][0]
+        for m, _ in operands[1:]:
+            merged = merged.union(m, 1)
+        return merged, Placement.nowhere(), grids
+    units, finest = max(((m.units, p) for m, p in placed), key=lambda pair: pair[0])
+    if all(p == finest for _, p in placed):
+        return _union([m for m, _ in operands], units), finest, grids
+    dims = sorted({d for _, p in placed for d in p.dims})
+    reference = finest.grid(dims, out_shape).reshape(-1)
+    maps = []
+    for m, p in operands:
+        if not p.dims or p == finest:
+            maps.append(m)
+            continue
+        read = _as_function_of(reference, p.grid(dims, out_shape).reshape(-1), units)
+        if read is None:  # neither placement refines the other: spell out every index, then compact
+            sizes = [out_shape[d] for d in dims]
+            flat = [m.gathered([[int(u)] if u != NO_UNIT else [] for u in p.grid(dims, out_shape).reshape(-1)])
+                    if p.dims else m for m, p in operands]
+            everything = np.arange(math.prod(sizes)).reshape(sizes)
+            return (*compacted(_union(flat, everything.size), everything, dims), set())
+        maps.append(m.gathered(read))
+    return _union(maps, units), finest, grids
+
+
+def _as_function_of(reference: np.ndarray, other: np.ndarray, units: int) -> list[list[int]] | None:
+    """``rows[u]``: the unit of ``other`` at the indices where ``reference`` is unit ``u``, when
+    that is one unit (``other`` is a function of ``reference``); else None."""
+    rows: list[list[int]] = [[] for _ in range(units)]
+    pairs = np.unique(np.stack([reference, other], axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != NO_UNIT]
+    if len(np.unique(pairs[:, 0])) != len(pairs):
+        return None
+    for u, v in pairs.tolist():
+        rows[u] = [v] if v != NO_UNIT else []
+    return rows
+
+
+def _union(maps: Sequence[AxisMap], units: int) -> AxisMap:
+    merged = maps[0]
+    for m in maps[1:]:
+        merged = merged.union(m, units)
+    return merged.broadcast(units) if merged.units == 1 else merged
 
 
 def pointwise(ctx: RuleContext) -> RuleResult:
@@ -162,26 +214,43 @@ def pointwise(ctx: RuleContext) -> RuleResult:
     return merge(tensors, [ctx.state_of(t) for t in tensors], ctx.out_shape)
 
 
+SHARED_NOTE = ("{op} slides along a dim that holds several input axes (or a part of one): its "
+               "window is counted as the hull of the indices it reads")
+
+
 def spatial(
     ctx: RuleContext,
     n: int,
     geometry: Callable[[int, AxisMap, int, int], AxisMap],
     mixes_channels: bool = False,
 ) -> RuleResult:
-    """Apply ``geometry(i, map, in_units, out_units)`` to the last ``n`` dims (spatial axis ``i``)."""
+    """Apply ``geometry(i, map, in_units, out_units)`` to the last ``n`` dims (spatial axis ``i``);
+    ``mixes_channels``: each output reads every channel (the dim before them)."""
     state = ctx.input_state
     if not isinstance(state, TensorRF):
         return state
     in_shape, out_shape = tuple(ctx.input.shape), ctx.out_shape
+    if mixes_channels and ctx.input.dim() > n:
+        state = state.reduced_over([-n - 1], in_shape)
+    shape = list(in_shape)
+    for i in range(n):
+        d = i - n
+        before = tuple(shape)
+        shape[d] = out_shape[d]
+        if not any(d in p.dims for p in state.places):
+            continue
+        if any(d in p.dims and len(p.dims) > 1 for p in state.places):
+            ctx.note(SHARED_NOTE.format(op=ctx.name))
 
-    def move(a: int, m: AxisMap, d: int | None) -> tuple[AxisMap, int | None]:
-        if d is None:
-            return m, None
-        if -n <= d <= -1:
-            return geometry(n + d, m, in_shape[d], out_shape[d]), d
-        return state.reduced(a, keep_dim=True) if mixes_channels else (m, d)
+        def rows(i: int = i, d: int = d) -> list[list[int]]:
+            window = geometry(i, AxisMap.identity(in_shape[d]), in_shape[d], out_shape[d]).terms[0]
+            return [list(range(lo, hi + 1)) for lo, hi in zip(window.lo.tolist(), window.hi.tolist())]
 
-    return state.map_axes(move)
+        def on_map(m: AxisMap, i: int = i, d: int = d) -> AxisMap:
+            return geometry(i, m, in_shape[d], out_shape[d])
+
+        state = state.along(d, (before, tuple(shape)), rows, on_map)
+    return state
 
 
 def per_axis(value: Any, n: int) -> tuple[int, ...]:
@@ -206,16 +275,11 @@ def normalise_dims(dim: Any, ndim: int) -> list[int]:
 
 
 def reduce_dims(state: RFState | None, shape: Sequence[int], dims: Sequence[int], keepdim: bool) -> RFState | None:
-    """Units combined along ``dims``: an axis there sees its whole hull; others move left."""
+    """Units combined along ``dims`` (negative): every unit sees what the units that differ from it
+    only there see; without ``keepdim`` those dims disappear."""
     if not isinstance(state, TensorRF):
         return state
-
-    def move(d: int) -> int | None:
-        if d in dims:
-            return d if keepdim else None
-        return d if keepdim else d + sum(1 for r in dims if r > d)
-
-    kept = state.with_dims(move)
-    if keepdim:  # the reduced axes keep their (now size-1) dim
-        return kept.map_axes(lambda a, m, d: state.reduced(a, keep_dim=True) if d in dims else (m, d))
-    return kept
+    combined = state.reduced_over(dims, shape)
+    if keepdim:
+        return combined
+    return combined.moved(lambda d: d + sum(1 for r in dims if r > d))

@@ -2,48 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
 from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.rf.axis import AxisMap
+from torchprobe.rf.placement import Placement
+from torchprobe.rf.reshape import viewed
 from torchprobe.rf.rules.core import RuleContext, RuleResult, register_rf_rule
-from torchprobe.rf.state import RFState, TensorRF, UnknownRF
-
-
-def view_groups(in_shape: Sequence[int], out_shape: Sequence[int]) -> dict[int, int] | None:
-    """Input dims that survive a view unchanged -> their output dim (both as negative indices).
-
-    Dims are grouped by equal running products, as ``Tensor.view`` does; a group keeps a dim only
-    when it holds exactly one dim of size > 1 on each side. Others are merged or split.
-    """
-    kept: dict[int, int] = {}
-    i = j = 0
-    n_in, n_out = len(in_shape), len(out_shape)
-    while i < n_in or j < n_out:
-        gi, gj = [i], [j]
-        p_in = in_shape[i] if i < n_in else 1
-        p_out = out_shape[j] if j < n_out else 1
-        i, j = i + 1, j + 1
-        while p_in != p_out:
-            if p_in < p_out and i < n_in:
-                p_in *= in_shape[i]
-                gi.append(i)
-                i += 1
-            elif j < n_out:
-                p_out *= out_shape[j]
-                gj.append(j)
-                j += 1
-            else:
-                return None
-        big_in = [d for d in gi if d < n_in and in_shape[d] > 1]
-        big_out = [d for d in gj if d < n_out and out_shape[d] > 1]
-        if len(big_in) == 1 and len(big_out) == 1:
-            kept[big_in[0] - n_in] = big_out[0] - n_out
-    return kept
+from torchprobe.rf.state import RFState, TensorRF, UnknownRF, picked
 
 
 @register_rf_rule("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel")
@@ -51,16 +21,10 @@ def view(ctx: RuleContext) -> RuleResult:
     state = ctx.input_state
     if not isinstance(state, TensorRF):
         return state
-    in_shape = tuple(ctx.input.shape)
-    groups = view_groups(in_shape, ctx.out_shape)
-    if groups is None:
-        return UnknownRF(ctx.name, "")
-    if math.prod(ctx.out_shape[1:]) and len(ctx.out_shape) > len(in_shape) and any(
-        d is not None and d not in groups and in_shape[d] > 1 for d in state.dims
-    ):
-        ctx.note(f"{ctx.name} splits a spatial dim into several (windows, patches): "
-                 "the axis is treated as reduced, an over-estimate")
-    return state.with_dims(groups.get)
+    viewed_state, notes = viewed(state, tuple(ctx.input.shape), ctx.out_shape, ctx.name)
+    for note in dict.fromkeys(notes):
+        ctx.note(note)
+    return viewed_state
 
 
 def _permutation(ctx: RuleContext) -> list[int]:
@@ -98,7 +62,33 @@ def permute(ctx: RuleContext) -> RuleResult:
         return state
     ndim = ctx.input.dim()
     perm = _permutation(ctx)
-    return state.with_dims(lambda d: perm.index(d + ndim) - ndim)
+    return state.moved(lambda d: perm.index(d + ndim) - ndim)
+
+
+def sliced(state: TensorRF, dim: int, index: slice, shape: Sequence[int]) -> TensorRF:
+    """Indices ``index`` of ``dim`` (negative): a crop and stride of each axis it carries."""
+    picked_range = range(*index.indices(shape[dim]))
+
+    def crop(_a: int, m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
+        if dim not in p.dims:
+            return m, p
+        if p.dim == dim:
+            return m.sliding(1, picked_range.step, -picked_range.start, 1, len(picked_range)), \
+                Placement.on(dim, len(picked_range))
+        return m, p.sliced(dim, index)
+
+    return state.map_axes(crop)
+
+
+def _shifted_left_of(at: int) -> Callable[[int], int]:
+    """Dims (negative) left of ``at`` move one further left: a new dim was inserted before ``at``."""
+    return lambda d: d - 1 if d < at else d
+
+
+def taken(state: TensorRF, dim: int, index: int, shape: Sequence[int]) -> TensorRF:
+    """Index ``index`` of ``dim`` (negative) taken: the dim disappears, dims before it move right."""
+    state = state.map_axes(lambda _a, m, p: picked(m, p, dim, index, shape))
+    return state.moved(lambda d: d + 1 if d < dim else d)
 
 
 @register_rf_rule("getitem")
@@ -116,48 +106,46 @@ def getitem(ctx: RuleContext) -> RuleResult:
     for i in index:
         expanded += [slice(None)] * (x.dim() - n_real) if i is Ellipsis else [i]
     expanded += [slice(None)] * (x.dim() - sum(1 for i in expanded if i is not None))
-    axes, dims = list(state.axes), list(state.dims)
-    in_dim = out_dim = 0
-    out_ndim = len(ctx.out_shape)
-    new_dims: dict[int, int | None] = {}
+    shape = list(x.shape)
+    dim = -len(shape)  # the dim of the next index, in the shape as it is so far
     for item in expanded:
-        if item is None:
-            out_dim += 1
-            continue
-        neg_in = in_dim - x.dim()
-        if isinstance(item, slice):
-            new_dims[neg_in] = out_dim - out_ndim
-            if neg_in in dims:
-                a = dims.index(neg_in)
-                picked = range(*item.indices(x.shape[neg_in]))
-                axes[a] = axes[a].sliding(1, picked.step, -picked.start, 1, len(picked))
-            out_dim += 1
-        else:  # an integer: the dim disappears, the axis keeps that unit's span
-            new_dims[neg_in] = None
-            if neg_in in dims:
-                a = dims.index(neg_in)
-                axes[a] = axes[a].picked(int(item) % x.shape[neg_in])
-        in_dim += 1
-    return TensorRF(tuple(axes), tuple(None if d is None else new_dims.get(d) for d in dims), state.aligned)
+        if item is None:  # a new dim of size 1 before this one
+            state = state.moved(_shifted_left_of(dim))
+            shape.insert(len(shape) + dim, 1)
+        elif isinstance(item, slice):
+            state = sliced(state, dim, item, shape)
+            shape[dim] = len(range(*item.indices(shape[dim])))
+            dim += 1
+        else:
+            state = taken(state, dim, int(item) % shape[dim], shape)
+            del shape[dim]
+            dim += 1
+    return state
 
 
-Geometry = Callable[[AxisMap, int, int], AxisMap]  # (map, in_units, out_units) -> map
+Rows = Callable[[int, int], list[list[int]]]  # (in_units, out_units) -> indices each output index reads
+Geometry = Callable[[AxisMap, int, int], AxisMap]  # the same on a span map: (map, in_units, out_units) -> map
 
 
-def _along(ctx: RuleContext, steps: Sequence[tuple[int, Geometry]]) -> RuleResult:
-    """Apply each ``geometry(map, in_units, out_units)`` to the axis its tensor dim carries."""
+def _along(ctx: RuleContext, steps: Sequence[tuple[int, Rows, Geometry | None]]) -> RuleResult:
+    """Each ``(dim, rows, geometry)`` in turn: index ``j`` of ``dim`` reads indices ``rows(n_in, n_out)[j]``
+    (``geometry`` does it on an axis that ``dim`` alone carries, keeping the RF convention)."""
     state = ctx.input_state
     if not isinstance(state, TensorRF):
         return state
     x, out_shape = ctx.input, ctx.out_shape
-    for dim, geometry in steps:
+    shape = list(x.shape)
+    for dim, rows, geometry in steps:
         neg = dim - x.dim() if dim >= 0 else dim
-
-        def move(a: int, m: AxisMap, d: int | None, neg: int = neg, geometry: Geometry = geometry) -> tuple:
-            return (geometry(m, x.shape[d], out_shape[d]), d) if d == neg and d is not None else (m, d)
-
-        state = state.map_axes(move)
+        before, n_in, n_out = tuple(shape), shape[neg], out_shape[neg]
+        shape[neg] = n_out
+        state = state.along(neg, (before, tuple(shape)), partial(rows, n_in, n_out),
+                            None if geometry is None else partial(_on_map, geometry, n_in, n_out))
     return state
+
+
+def _on_map(geometry: Geometry, n_in: int, n_out: int, m: AxisMap) -> AxisMap:
+    return geometry(m, n_in, n_out)
 
 
 def _int_args(ctx: RuleContext, index: int, name: str) -> list[int]:
@@ -170,69 +158,60 @@ def _int_args(ctx: RuleContext, index: int, name: str) -> list[int]:
 
 @register_rf_rule("chunk", "split", "split_with_sizes", "tensor_split", "unbind")
 def split(ctx: RuleContext) -> RuleResult:
-    """Pieces along a dim: along a spatial axis each piece is a crop of it (unbind: one unit)."""
+    """Pieces along a dim: each piece is a crop of the axes it carries (unbind: one index)."""
     state = ctx.input_state
     if not isinstance(state, TensorRF):
         return state
     x = ctx.input
+    shape = tuple(x.shape)
     pieces = tensors_in(ctx.output)
     dim = ctx.arg(1, "dim", 0) if ctx.name == "unbind" else ctx.arg(2, "dim", 0)
     neg = dim - x.dim() if dim >= 0 else dim
-    if neg not in state.dims:
-        return [state] * len(pieces)
-    axis = state.dims.index(neg)
+    if ctx.name == "unbind":
+        return [taken(state, neg, i, shape) for i in range(len(pieces))]
     results: list[RFState | None] = []
     offset = 0
     for piece in pieces:
-        m = state.axes[axis]
-        if ctx.name == "unbind":
-            new, dim_out = m.picked(offset), None
-            offset += 1
-        else:
-            new, dim_out = m.sliding(1, 1, -offset, 1, piece.shape[neg]), neg
-            offset += piece.shape[neg]
-        axes, dims = list(state.axes), list(state.dims)
-        axes[axis], dims[axis] = new, dim_out
-        if dim_out is None:  # the dim is gone: dims to its left move one closer to the end
-            dims = [d if d is None or d > neg else d + 1 for d in dims]
-            dims[axis] = None
-        results.append(TensorRF(tuple(axes), tuple(dims), state.aligned))
+        results.append(sliced(state, neg, slice(offset, offset + piece.shape[neg]), shape))
+        offset += piece.shape[neg]
     return results
 
 
 @register_rf_rule("roll")
 def roll(ctx: RuleContext) -> RuleResult:
-    """Circular shift: unit ``o`` holds what unit ``o - shift`` held (mod the size)."""
+    """Circular shift: index ``o`` holds what index ``o - shift`` held (mod the size)."""
     shifts, dims = ctx.arg(1, "shifts"), ctx.arg(2, "dims")
     if dims is None:
         return UnknownRF("roll without dims (flattened)", "")
     shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
 
-    def rolled(k: int) -> Geometry:
-        return lambda m, n, _out: m.gathered([[(o - k) % n] for o in range(n)])
+    def rolled(k: int) -> Rows:
+        return lambda n, _out: [[(o - k) % n] for o in range(n)]
 
-    return _along(ctx, [(dim, rolled(shift)) for shift, dim in zip(shifts, dims)])
+    return _along(ctx, [(dim, rolled(shift), None) for shift, dim in zip(shifts, dims)])
 
 
 @register_rf_rule("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp")
 def cumulative(ctx: RuleContext) -> RuleResult:
     """Unit ``o`` along ``dim`` depends on units ``0 .. o``."""
-    return _along(ctx, [(ctx.arg(1, "dim"), lambda m, _in, _out: m.cumulative())])
+    return _along(ctx, [(ctx.arg(1, "dim"), lambda n, _out: [list(range(o + 1)) for o in range(n)],
+                         lambda m, _in, _out: m.cumulative())])
 
 
 @register_rf_rule("flip", "fliplr", "flipud")
 def flip(ctx: RuleContext) -> RuleResult:
     """Unit ``o`` of a flipped dim of ``n`` units is unit ``n - 1 - o``."""
     dims = {"fliplr": [1], "flipud": [0]}.get(ctx.name) or _int_args(ctx, 1, "dims")
-    return _along(ctx, [(d, lambda m, n, _out: m.gathered([[n - 1 - o] for o in range(n)])) for d in dims])
+    return _along(ctx, [(d, lambda n, _out: [[n - 1 - o] for o in range(n)], None) for d in dims])
 
 
 @register_rf_rule("narrow")
 def narrow(ctx: RuleContext) -> RuleResult:
     """``length`` units from ``start`` on (a negative start counts from the end)."""
     dim, start, length = ctx.arg(1, "dim"), int(ctx.arg(2, "start")), int(ctx.arg(3, "length"))
-    return _along(ctx, [(dim, lambda m, n, _out: m.sliding(1, 1, -(start % n), 1, length))])
+    return _along(ctx, [(dim, lambda n, _out: [[start % n + o] for o in range(length)],
+                         lambda m, n, _out: m.sliding(1, 1, -(start % n), 1, length))])
 
 
 @register_rf_rule("repeat", "tile")
@@ -241,7 +220,7 @@ def repeat(ctx: RuleContext) -> RuleResult:
     ``o mod n``; new leading dims (``sizes`` longer than ``x.dim()``) carry no axis."""
     counts = _int_args(ctx, 1, "repeats" if ctx.name == "repeat" else "dims")
     counts = [1] * (ctx.input.dim() - len(counts)) + counts  # tile pads at the front, repeat never needs to
-    tiled = [(d, lambda m, n, out: m.gathered([[o % n] for o in range(out)]))
+    tiled = [(d, lambda n, out: [[o % n] for o in range(out)], None)
              for d in range(-1, -ctx.input.dim() - 1, -1) if counts[d] != 1]
     return _along(ctx, tiled)
 
@@ -256,4 +235,4 @@ def repeat_interleave(ctx: RuleContext) -> RuleResult:
         return UnknownRF("repeat_interleave without dim (flattened)", "")
     if not isinstance(repeats, int):
         return UnknownRF("repeat_interleave with a repeat count per unit", "")
-    return _along(ctx, [(dim, lambda m, n, out: m.gathered([[o // repeats] for o in range(out)]))])
+    return _along(ctx, [(dim, lambda _n, out: [[o // repeats] for o in range(out)], None)])
