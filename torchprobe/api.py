@@ -11,6 +11,7 @@ from torch import nn
 from torchprobe.engine.inputs import model_inputs
 from torchprobe.engine.tracer import TraceOutcome, Tracer
 from torchprobe.errors import ForwardError, ShapeError
+from torchprobe.rf.layouts import LayoutArg, input_layout
 from torchprobe.rf.probe import RFProbe
 from torchprobe.rf.result import LayerRF, RFResult
 from torchprobe.shapes.diagnose import diagnose
@@ -31,6 +32,7 @@ def receptive_field(
     device: str = "auto",
     strict: bool = False,
     input_index: int = 0,
+    layout: LayoutArg = None,
 ) -> RFResult:
     """Receptive field, jump and start of every module call, per spatial axis of one input.
 
@@ -38,17 +40,19 @@ def receptive_field(
     sizes, and ``input_index`` picks the one whose pixels the RF counts. Runs on the meta device
     unless ``device`` says otherwise (falling back to real tensors when the model needs values).
     ``strict`` raises :class:`torchprobe.RFError` for an op without a rule instead of reporting it.
+    ``layout`` names the input's dims, one letter each (``"CHW"``, ``"LC"`` for tokens, ``"T"``
+    for a raw signal; one string per input for several), see :mod:`torchprobe.rf.layouts`.
     """
-    probe = RFProbe(input_index=input_index, strict=strict)
+    probe = RFProbe(input_index=input_index, strict=strict, layout=layout)
     outcome = Tracer(model, [probe]).run(model_inputs(input_size, input_data), kwargs, device=device)
     return _rf_result(probe, outcome)
 
 
 def _rf_result(probe: RFProbe, outcome: TraceOutcome) -> RFResult:
     records, diagnostics = probe.result()
-    n_axes = len(probe.input_shape) - 1
-    layers = tuple(LayerRF.from_record(r, n_axes) for r in records)
-    return RFResult(probe.input_shape, layers, tuple(diagnostics), outcome.device, outcome.fallback_reason)
+    layers = tuple(LayerRF.from_record(r, len(probe.axis_names)) for r in records)
+    return RFResult(probe.input_shape, layers, tuple(diagnostics), outcome.device, outcome.fallback_reason,
+                    probe.axis_names, probe.spatial_size)
 
 
 def summary(
@@ -59,16 +63,18 @@ def summary(
     kwargs: Mapping[str, Any] | None = None,
     device: str = "auto",
     input_index: int = 0,
+    layout: LayoutArg = None,
 ) -> ModelSummary:
     """One row per module call: output shape, parameters (shared and tied ones once), receptive
     field and FLOPs (``FlopCounterMode``), with totals; render it, or ``to_dict()`` for JSON.
-    The RF columns appear when input ``input_index`` has spatial axes (C, then at least one more)."""
+    The RF columns appear when input ``input_index`` has a spatial axis under ``layout`` (by
+    default: C, then at least one more dim)."""
     inputs = model_inputs(input_size, input_data)
-    spatial = input_index < len(inputs) and len(_shape_of(inputs[input_index])) >= 3
+    shapes = tuple(_shape_of(x)[1:] for x in inputs)
+    spatial = input_index < len(inputs) and bool(input_layout(layout, shapes, input_index).spatial)
     stats = SummaryProbe()
-    rf = RFProbe(input_index=input_index) if spatial else None
+    rf = RFProbe(input_index=input_index, layout=layout) if spatial else None
     outcome = Tracer(model, [stats] + ([rf] if rf else [])).run(inputs, kwargs, device=device)
-    shapes = tuple(tuple(_shape_of(x)[1:]) for x in inputs)
     rf_part = _rf_result(rf, outcome) if rf else None
     return ModelSummary(model, shapes, tuple(stats.result()), rf_part, outcome.device, outcome.fallback_reason)
 

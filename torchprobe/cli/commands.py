@@ -34,6 +34,9 @@ Kwargs = Annotated[str | None, typer.Option("--kwargs", help="Constructor keywor
 AsJson = Annotated[bool, typer.Option("--json", help="Print the versioned JSON report only.")]
 Depth = Annotated[int | None, typer.Option(
     "--depth", min=0, help="Hide rows nested deeper than this (summary: fold them into their parent).")]
+Layouts = Annotated[list[str] | None, typer.Option(
+    "--layout", help="Letters naming the input's dims, batch excluded: C a channel/feature dim, others spatial "
+    "axes (CHW, LC for tokens, T for a raw signal); repeat for several inputs.")]
 Device = Annotated[str, typer.Option("--device", help="auto (meta, real tensors if needed), meta, cpu or cuda.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 
@@ -54,6 +57,7 @@ def rf(
     strict: Annotated[bool, typer.Option("--strict", help="Fail on an op without a receptive-field rule.")] = False,
     depth: Depth = None,
     input_index: Annotated[int, typer.Option("--rf-input", min=0, help="Which input the RF is measured on.")] = 0,
+    layout: Layouts = None,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:
@@ -61,7 +65,8 @@ def rf(
 
     def run() -> None:
         model, sizes = _model_and_sizes(spec, kwargs, inputs)
-        result = api.receptive_field(model, sizes, device=_device(device), strict=strict, input_index=input_index)
+        result = api.receptive_field(model, sizes, device=_device(device), strict=strict, input_index=input_index,
+                                     layout=_layout(layout))
         _show(result, as_json, lambda: rf_table(result, depth=depth))
 
     _guarded(run, debug)
@@ -103,6 +108,7 @@ def summary(
     rf_steps: Annotated[
         bool, typer.Option("--rf-steps", help="Print each receptive-field step with its formula.")
     ] = False,
+    layout: Layouts = None,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:
@@ -110,7 +116,7 @@ def summary(
 
     def run() -> None:
         model, sizes = _model_and_sizes(spec, kwargs, inputs)
-        result = api.summary(model, sizes, device=_device(device))
+        result = api.summary(model, sizes, device=_device(device), layout=_layout(layout))
         _show(result, as_json, lambda: summary_table(result, depth=depth, debug=rf_steps))
 
     _guarded(run, debug)
@@ -118,6 +124,13 @@ def summary(
 
 def _model_and_sizes(spec: str, kwargs: str | None, inputs: list[str]) -> tuple[Any, list[tuple[int, ...]]]:
     return load_model(spec, parse_kwargs(kwargs)), [parse_input(text) for text in inputs]
+
+
+def _layout(layouts: list[str] | None) -> str | list[str] | None:
+    """One ``--layout`` is the RF input's; several are one per input."""
+    if not layouts:
+        return None
+    return layouts[0] if len(layouts) == 1 else layouts
 
 
 def _show(result: Any, as_json: bool, table: Callable[[], Any]) -> None:

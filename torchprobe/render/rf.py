@@ -32,25 +32,46 @@ def verdict(result: RFResult) -> str:
     rf = axes_text(out.rf)
     if all(out.is_global):
         return f"Receptive field of the output: {rf} on a {size} input: global."
+    names = result.axis_names
     partial = [
-        _unseen_text(out, a) or f"on axis {a} not every unit covers all {m.size} pixels"
+        _unseen_text(out, a, names[a]) or f"on axis {names[a]} not every unit covers all {m.size} pixels"
         for a, (m, covered) in enumerate(zip(out.known_maps, out.is_global)) if not covered
     ]
     return f"Receptive field of the output: {rf} on a {size} input: not global ({'; '.join(partial)})."
 
 
-def _unseen_text(layer: LayerRF, axis: int) -> str | None:
+def _unseen_text(layer: LayerRF, axis: int, name: str) -> str | None:
     ranges = layer.unseen(axis)
     if ranges is None:
-        return f"on axis {axis} no unit sees any pixel"
+        return f"on axis {name} no unit sees any pixel"
     parts = [pixels_text(first, last) for first, last in ranges]
-    return f"on axis {axis} pixel(s) {' and '.join(parts)} reach no unit" if parts else None
+    return f"on axis {name} pixel(s) {' and '.join(parts)} reach no unit" if parts else None
+
+
+def units_cell(layer: LayerRF, names: tuple[str, ...]) -> str:
+    """Which input axes each unit dim of the output addresses: ``1:HW`` for ViT tokens."""
+    dims: dict[int, str] = {}
+    for name, carriers in zip(names, layer.axis_dims):
+        for d in carriers:
+            dims[d] = dims.get(d, "") + name
+    return " ".join(f"{d}:{axes}" for d, axes in sorted(dims.items()))
+
+
+def _moves_axes(result: RFResult) -> bool:
+    """Some row has an input axis on several dims, or a dim with several axes (tokens, windows)."""
+    for layer in result.layers:
+        carriers = [d for dims in layer.axis_dims for d in dims]
+        if any(len(dims) > 1 for dims in layer.axis_dims) or len(carriers) != len(set(carriers)):
+            return True
+    return False
 
 
 def rf_table(result: RFResult, depth: int | None = None) -> Group:
-    table = Table(title=f"Receptive field, input {shape_text(result.input_shape)}", title_justify="left")
+    axes = "".join(result.axis_names)
+    table = Table(title=f"Receptive field, input {shape_text(result.input_shape)}, axes {axes}", title_justify="left")
+    show_units = _moves_axes(result)
     columns = (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
-               ("RF", "right"), ("Jump", "right"), ("Start", "right"))
+               ("RF", "right"), ("Jump", "right"), ("Start", "right")) + ((("Units", "left"),) if show_units else ())
     for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for layer in result.layers:
@@ -63,12 +84,16 @@ def rf_table(result: RFResult, depth: int | None = None) -> Group:
             rf_cell(layer),
             axes_text(layer.jump) if layer.known else "",
             axes_text(layer.start, ", ") if layer.known else "",
+            *((units_cell(layer, result.axis_names),) if show_units else ()),
         )
     parts: list[Any] = [table, Text(verdict(result), style="bold")]
     if any(not layer.uniform for layer in result.layers):
         parts.append(Text("* non-uniform: units differ in span; RF is the widest, start is unit 0's", style="dim"))
     if any(not layer.aligned for layer in result.layers):
         parts.append(Text("! misaligned merge: branches with different unit grids; spans are their union", style="dim"))
+    if show_units:
+        parts.append(Text("Units: output dim -> the input axes it addresses (1:HW = tokens over rows and columns)",
+                          style="dim"))
     parts += note_lines(result.notes)
     return Group(*parts)
 

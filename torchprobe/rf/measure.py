@@ -28,6 +28,7 @@ from torch.overrides import TorchFunctionMode
 from torchprobe.engine.inputs import batch_sizes
 from torchprobe.engine.torch_utils import canonical_op_name, tensors_in
 from torchprobe.errors import UsageError
+from torchprobe.rf.layouts import LayoutArg, input_layout
 from torchprobe.rf.rules.core import per_axis
 
 NORMALISATIONS = {"batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "local_response_norm"}
@@ -61,12 +62,17 @@ def measure_receptive_field(
     *,
     call: int = 0,
     input_index: int = 0,
+    layout: LayoutArg = None,
+    unit_dims: Sequence[int] | None = None,
 ) -> MeasuredRF:
-    """Gradient-measured support of output ``unit`` (spatial indices) of module ``layer``
-    (qualified name, "" for the whole model; ``call`` picks one call of a shared module)."""
+    """Gradient-measured support of output ``unit`` of module ``layer`` (qualified name, "" for
+    the whole model; ``call`` picks one call of a shared module), per spatial axis of ``layout``.
+
+    ``unit`` indexes the output dims ``unit_dims`` (dim 0 is the batch; the other dims are summed
+    over, as channels are): pass a row's ``LayerRF.unit_dims``. Without them ``unit`` is one index
+    per spatial axis on the output's last dims, after a channel dim (a conv net's layout)."""
     sizes = batch_sizes(input_size)
-    n_axes = len(sizes[input_index]) - 2
-    unit = per_axis(unit, n_axes)
+    spatial = [1 + d for d in input_layout(layout, [s[1:] for s in sizes], input_index).spatial]
     averaging = _averaging_copy(model)
     target = dict(averaging.named_modules()).get(layer)
     if target is None:
@@ -90,13 +96,26 @@ def measure_receptive_field(
     if not captured:
         raise UsageError(f"module {layer!r} was called {calls} time(s); there is no call {call}")
     output = tensors_in(captured[0])[0]
-    index: tuple[int | slice, ...] = (0, slice(None), *unit)
-    picked = output[index] if output.dim() >= 2 + n_axes else output[0]
-    picked.sum().backward()
+    output[_unit_index(output.dim(), unit, unit_dims, len(spatial))].sum().backward()
     grad = inputs[input_index].grad
     assert grad is not None  # the input requires grad and the output depends on it
-    support = grad[0].abs().sum(0) > 0
-    return MeasuredRF(tuple(_extent(support, a) for a in range(n_axes)), support)
+    others = [d for d in range(grad.dim()) if d not in spatial]
+    support = grad.abs().sum(others) > 0 if others else grad.abs() > 0
+    return MeasuredRF(tuple(_extent(support, a) for a in range(len(spatial))), support)
+
+
+def _unit_index(ndim: int, unit: int | Sequence[int], unit_dims: Sequence[int] | None, n_axes: int) -> Any:
+    """The output elements that make up ``unit``."""
+    if unit_dims is None:  # a conv net's output: (batch, channels, one dim per axis), or less once pooled
+        values = per_axis(unit, n_axes)
+        return (0, slice(None), *values) if ndim >= 2 + n_axes else 0
+    values = (unit,) * len(unit_dims) if isinstance(unit, int) else tuple(unit)
+    if len(values) != len(unit_dims):
+        raise UsageError(f"unit {values} needs one index per unit dim {tuple(unit_dims)}")
+    index: list[int | slice] = [slice(None)] * ndim
+    for d, v in zip(unit_dims, values):
+        index[d] = v
+    return tuple(index)
 
 
 def _extent(support: torch.Tensor, axis: int) -> tuple[int, int] | None:

@@ -13,7 +13,7 @@ axis's span map stays as it is.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -83,7 +83,7 @@ class Placement:
             total += value
         return total
 
-    def grid(self, dims: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    def grid(self, dims: Sequence[int], shape: Sequence[int] | Mapping[int, int]) -> np.ndarray:
         """The unit at every index of ``dims`` (a superset of the carrying dims, in that order;
         sizes from ``shape``), NO_UNIT where there is none. Tables of length 1 broadcast."""
         sizes = [shape[d] for d in dims]

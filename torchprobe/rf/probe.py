@@ -14,6 +14,7 @@ from torchprobe.engine.probe import Probe
 from torchprobe.engine.torch_utils import one_line, tensors_in
 from torchprobe.errors import RFError, UsageError
 from torchprobe.notes import Note, NoteCode
+from torchprobe.rf.layouts import LayoutArg, input_layout
 from torchprobe.rf.rules import RULES, Rule, RuleContext, RuleResult
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
 
@@ -30,9 +31,12 @@ class LayerRecord(CallSite):
 class RFProbe(Probe):
     """Receptive field of every module call with respect to one input (``input_index``)."""
 
-    def __init__(self, input_index: int = 0, strict: bool = False) -> None:
+    def __init__(self, input_index: int = 0, strict: bool = False, layout: LayoutArg = None) -> None:
         self.input_index = input_index
         self.strict = strict
+        self.layout = layout
+        self.axis_names: tuple[str, ...] = ()
+        self.spatial_size: tuple[int, ...] = ()
         self.states: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self.records: list[LayerRecord | None] = []  # None: a module call that has not returned
         self._slots: dict[int, int] = {}
@@ -47,12 +51,15 @@ class RFProbe(Probe):
         if self.input_index >= len(inputs) or not isinstance(inputs[self.input_index], torch.Tensor):
             raise UsageError(f"input {self.input_index} is not a tensor: nothing to compute a receptive field of")
         x = inputs[self.input_index]
-        if x.dim() < 3:
-            raise UsageError(
-                f"input of shape {tuple(x.shape[1:])} has no spatial axes: give C,L / C,H,W / C,D,H,W"
-            )
-        self.input_shape = tuple(x.shape[1:])
-        self.states[x] = TensorRF.of_input(tuple(x.shape), range(2, x.dim()))
+        shapes = [tuple(t.shape[1:]) if isinstance(t, torch.Tensor) else () for t in inputs]
+        layout = input_layout(self.layout, shapes, self.input_index)
+        if not layout.spatial:
+            raise UsageError(f"input of shape {shapes[self.input_index]} with layout {layout.letters!r} has no "
+                             "spatial axis: give one with a layout (e.g. LC for tokens, T for a signal, CHW)")
+        self.input_shape = shapes[self.input_index]
+        self.axis_names = layout.names
+        self.spatial_size = tuple(self.input_shape[d] for d in layout.spatial)
+        self.states[x] = TensorRF.of_input(tuple(x.shape), [1 + d for d in layout.spatial])
 
     # -- events ---------------------------------------------------------------------------------
 

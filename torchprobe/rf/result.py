@@ -180,10 +180,8 @@ class RFResult(Displayable):
     diagnostics: tuple[Note, ...]
     device: str
     fallback_reason: str | None = None
-
-    @property
-    def spatial_size(self) -> tuple[int, ...]:
-        return self.input_shape[1:]
+    axis_names: tuple[str, ...] = ()  # the spatial letters of the input's layout, in order
+    spatial_size: tuple[int, ...] = ()  # the input's size along each of them
 
     @property
     def notes(self) -> tuple[Note, ...]:
@@ -227,6 +225,7 @@ class RFResult(Displayable):
         return {
             "schema": RF_SCHEMA,
             "input_shape": list(self.input_shape),
+            "axes": list(self.axis_names),
             "device": self.device,
             "fallback_reason": self.fallback_reason,
             "layers": [layer.to_dict() for layer in self.layers],

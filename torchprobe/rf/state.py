@@ -50,11 +50,14 @@ class TensorRF:
         return list(zip(*(m.terms for m in self.axes)))
 
     def fused(self) -> TensorRF:
-        """The same state with its support in fewest terms."""
-        if all(len(m.terms) == 1 and m.terms[0].reaches().any() for m in self.axes):
-            return self  # one term that reaches some unit: already fused (the common case)
-        terms = fused(self.factors)
-        return replace(self, axes=tuple(m.with_terms(t[a] for t in terms) for a, m in enumerate(self.axes)))
+        """The same state with its support in fewest terms, and each axis that several dims (or
+        a table other than one unit per index) address in its fewest units."""
+        state = self
+        if not all(len(m.terms) == 1 and m.terms[0].reaches().any() for m in self.axes):
+            terms = fused(self.factors)
+            state = replace(self, axes=tuple(m.with_terms(t[a] for t in terms) for a, m in enumerate(self.axes)))
+        return state.map_axes(lambda _a, m, p: (m, p) if not p.dims or p.dim is not None else compacted(
+            m, p.grid(p.dims, _sizes(p)), p.dims, unchanged=p))
 
     def unit_dims(self) -> tuple[int, ...]:
         """The (negative) dims that address some axis: those that tell units apart."""
@@ -107,11 +110,17 @@ def reindexed(m: AxisMap, units: np.ndarray, dims: Sequence[int], shape: Sequenc
     return compacted(m, units.reshape([shape[d] for d in dims]), dims)
 
 
-def compacted(m: AxisMap, units: np.ndarray, dims: Sequence[int]) -> tuple[AxisMap, Placement]:
+def _sizes(p: Placement) -> dict[int, int]:
+    return {d: len(t) for d, t in zip(p.dims, p.tables)}
+
+
+def compacted(
+    m: AxisMap, units: np.ndarray, dims: Sequence[int], unchanged: Placement | None = None
+) -> tuple[AxisMap, Placement]:
     """The placement with the fewest units that gives every index of ``dims`` the spans and
     support of old unit ``units[index]``: along each dim, indices that behave alike for every
     index of the other dims become one (a window index in the batch dim keeps only the window's
-    row for the row axis)."""
+    row for the row axis). ``unchanged`` is returned with ``m`` when no indices are alike."""
     signature = _signature(m)
     missing = np.full((1, signature.shape[1]), -2, dtype=np.int64)
     grid = np.concatenate([signature, missing])[np.where(units == NO_UNIT, len(signature), units)]
@@ -125,6 +134,8 @@ def compacted(m: AxisMap, units: np.ndarray, dims: Sequence[int]) -> tuple[AxisM
         classes.append(rank[inverse.reshape(-1)])
         firsts.append(first[order])
         counts.append(len(order))
+    if unchanged is not None and counts == list(units.shape):
+        return m, unchanged  # no two indices alike: the placement is already the fewest units
     strides = [int(np.prod(counts[k + 1 :])) for k in range(len(dims))]
     rows_of_units: list[list[int]] = []
     for combo in np.ndindex(*counts):

@@ -138,14 +138,23 @@ Factors = Sequence[Sequence[Support]]
 
 def fused(factors: Factors) -> list[tuple[Support, ...]]:
     """The same support in fewest terms: terms that reach the same units become one (their
-    per-axis unions are exact there), and terms that reach no unit at all are dropped."""
+    per-axis unions are exact there), terms inside another term are dropped (a token's own patch
+    once attention made it see the image), and so are terms that reach no unit at all."""
     groups: dict[tuple[bytes, ...], list[Sequence[Support]]] = {}
     for term in factors:
         reach = [f.reaches() for f in term]
         if all(r.any() for r in reach):
             key = tuple(np.packbits(r).tobytes() + len(r).to_bytes(8, "little") for r in reach)
             groups.setdefault(key, []).append(term)
-    return [tuple(reduce(Support.union, column) for column in zip(*group)) for group in groups.values()]
+    terms = [tuple(reduce(Support.union, column) for column in zip(*group)) for group in groups.values()]
+    if len(terms) < 2:
+        return terms
+    return [a for i, a in enumerate(terms) if not any(j != i and _inside(a, b) for j, b in enumerate(terms))]
+
+
+def _inside(a: Sequence[Support], b: Sequence[Support]) -> bool:
+    """Every unit ``a`` reaches, ``b`` reaches too, with an interval that holds ``a``'s (per axis)."""
+    return all(bool(np.all(~fa.reaches() | ((fb.lo <= fa.lo) & (fa.hi <= fb.hi)))) for fa, fb in zip(a, b))
 
 
 def joint_span(factors: Factors, unit: Sequence[int]) -> tuple[tuple[int, int] | None, ...]:

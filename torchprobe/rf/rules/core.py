@@ -169,8 +169,11 @@ def _merged_axis(
         return merged, Placement.nowhere(), grids
     units, finest = max(((m.units, p) for m, p in placed), key=lambda pair: pair[0])
     if all(p == finest for _, p in placed):
-        return _union([m for m, _ in operands], units), finest, grids
+        if len(placed) == len(operands) or not _has_holes(finest):
+            return _union([m for m, _ in operands], units), finest, grids
     dims = sorted({d for _, p in placed for d in p.dims})
+    if _has_holes(finest):  # an index of no unit of the finest gains the others' units: spell out
+        return (*_spelled_out(operands, dims, out_shape), set())
     reference = finest.grid(dims, out_shape).reshape(-1)
     maps = []
     for m, p in operands:
@@ -178,14 +181,25 @@ def _merged_axis(
             maps.append(m)
             continue
         read = _as_function_of(reference, p.grid(dims, out_shape).reshape(-1), units)
-        if read is None:  # neither placement refines the other: spell out every index, then compact
-            sizes = [out_shape[d] for d in dims]
-            flat = [m.gathered([[int(u)] if u != NO_UNIT else [] for u in p.grid(dims, out_shape).reshape(-1)])
-                    if p.dims else m for m, p in operands]
-            everything = np.arange(math.prod(sizes)).reshape(sizes)
-            return (*compacted(_union(flat, everything.size), everything, dims), set())
+        if read is None:  # neither placement refines the other
+            return (*_spelled_out(operands, dims, out_shape), set())
         maps.append(m.gathered(read))
-    return _union(maps, units), finest, grids
+    return _union(maps, units), finest, set()
+
+
+def _has_holes(place: Placement) -> bool:
+    return any((t == NO_UNIT).any() for t in place.tables)
+
+
+def _spelled_out(
+    operands: list[tuple[AxisMap, Placement]], dims: list[int], out_shape: Sequence[int]
+) -> tuple[AxisMap, Placement]:
+    """The union with one unit per index of ``dims``, then compacted."""
+    sizes = [out_shape[d] for d in dims]
+    flat = [m.gathered([[int(u)] if u != NO_UNIT else [] for u in p.grid(dims, out_shape).reshape(-1)])
+            if p.dims else m for m, p in operands]
+    everything = np.arange(math.prod(sizes)).reshape(sizes)
+    return compacted(_union(flat, everything.size), everything, dims)
 
 
 def _as_function_of(reference: np.ndarray, other: np.ndarray, units: int) -> list[list[int]] | None:
