@@ -14,29 +14,30 @@ The rules by family (``coverage()`` gives the same table from the registry; a te
   adaptive_avg_pool2d_with_indices, adaptive_avg_pool3d, adaptive_avg_pool3d_with_indices,
   adaptive_max_pool1d, adaptive_max_pool1d_with_indices, adaptive_max_pool2d,
   adaptive_max_pool2d_with_indices, adaptive_max_pool3d, adaptive_max_pool3d_with_indices, avg_pool1d,
-  avg_pool2d, avg_pool3d, conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
-  conv_transpose3d, lp_pool1d, lp_pool2d, lp_pool3d, max_pool1d, max_pool1d_with_indices, max_pool2d,
-  max_pool2d_with_indices, max_pool3d, max_pool3d_with_indices
-- ``resample``: interpolate, pad, pixel_shuffle, pixel_unshuffle, upsample, upsample_bilinear, upsample_nearest
-- ``elementwise``: alias, alpha_dropout, batch_norm, bfloat16, broadcast_to, celu, channel_shuffle, clone, contiguous,
-  cpu, cuda, data, detach, dim, double, dropout, dropout1d, dropout2d, dropout3d, elu, empty_like,
-  expand, expand_as, feature_alpha_dropout, float, full_like, gelu, glu_, group_norm, half,
-  hardshrink, hardswish, instance_norm, layer_norm, local_response_norm, logsigmoid, mish,
-  native_channel_shuffle, new_empty, new_full, new_ones, new_tensor, new_zeros, numel, ones_like,
-  prelu, rand_like, randint_like, randn_like, real, relu, requires_grad, rms_norm, rrelu, selu,
-  setitem, silu, size, softplus, softshrink, softsign, tanhshrink, threshold, to, type, type_as,
-  zeros_like
+  avg_pool2d, avg_pool3d, conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d,
+  lp_pool1d, lp_pool2d, lp_pool3d, max_pool1d, max_pool1d_with_indices, max_pool2d, max_pool2d_with_indices,
+  max_pool3d, max_pool3d_with_indices
+- ``resample``: interpolate, pad, pixel_shuffle, pixel_unshuffle, upsample, upsample_bilinear,
+  upsample_nearest
+- ``elementwise``: alias, alpha_dropout, batch_norm, bfloat16, broadcast_to, celu, channel_shuffle, clone,
+  contiguous, cpu, cuda, data, detach, dim, double, dropout, dropout1d, dropout2d, dropout3d, elu, empty_like,
+  expand, expand_as, feature_alpha_dropout, float, full_like, gelu, glu_, group_norm, half, hardshrink,
+  hardswish, instance_norm, layer_norm, local_response_norm, logsigmoid, mish, native_channel_shuffle,
+  new_empty, new_full, new_ones, new_tensor, new_zeros, numel, ones_like, prelu, rand_like, randint_like,
+  randn_like, real, relu, requires_grad, rms_norm, rrelu, selu, setitem, silu, size, softplus, softshrink,
+  softsign, tanhshrink, threshold, to, type, type_as, zeros_like
 - ``joins``: cat, concat, concatenate, stack
-- ``reductions``: all, amax, amin, any, argmax, argmin, bilinear, bmm, count_nonzero, linear, log_softmax, logsumexp,
-  matmul, max, mean, median, min, mm, multi_head_attention_forward, nanmean, nanmedian, nansum, norm,
-  normalize, prod, scaled_dot_product_attention, softmax, softmin, std, std_mean, sum, var, var_mean
-- ``layout``: T, chunk, cummax, cummin, cumprod, cumsum, flatten, flip, fliplr, flipud, getitem, logcumsumexp, mT,
-  moveaxis, movedim, narrow, permute, ravel, repeat, repeat_interleave, reshape, reshape_as, roll,
-  split, split_with_sizes, squeeze, swapaxes, swapdims, t, tensor_split, tile, transpose, unbind,
-  unflatten, unsqueeze, view, view_as
+- ``reductions``: all, amax, amin, any, argmax, argmin, bilinear, count_nonzero, linear, log_softmax,
+  logsumexp, max, mean, median, min, nanmean, nanmedian, nansum, norm, normalize, prod, softmax, softmin, std,
+  std_mean, sum, var, var_mean
+- ``attention``: bmm, einsum, matmul, mm, multi_head_attention_forward, scaled_dot_product_attention
+- ``layout``: T, chunk, cummax, cummin, cumprod, cumsum, flatten, flip, fliplr, flipud, getitem, logcumsumexp,
+  mT, moveaxis, movedim, narrow, permute, ravel, repeat, repeat_interleave, reshape, reshape_as, roll, split,
+  split_with_sizes, squeeze, swapaxes, swapdims, t, tensor_split, tile, transpose, unbind, unflatten,
+  unsqueeze, view, view_as
 """
 
-from torchprobe.rf.rules import elementwise, joins, layout, reductions, resample, sliding
+from torchprobe.rf.rules import attention, elementwise, joins, layout, reductions, resample, sliding
 from torchprobe.rf.rules.core import (
     RULE_ENTRY_POINT_GROUP,
     RULES,
@@ -52,7 +53,7 @@ from torchprobe.rf.rules.core import (
     spatial,
 )
 
-FAMILIES = (sliding, resample, elementwise, joins, reductions, layout)
+FAMILIES = (sliding, resample, elementwise, joins, reductions, attention, layout)
 
 
 def coverage() -> dict[str, list[str]]:

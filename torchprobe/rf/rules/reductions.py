@@ -1,10 +1,6 @@
-"""Reductions and contractions: sums and norms over dims, softmax along a dim, Linear, matmul, attention."""
+"""Reductions: sums and norms over dims, softmax along a dim, and the Linear that contracts the last dim."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-
-import torch
 
 from torchprobe.rf.rules.core import (
     RuleContext,
@@ -15,7 +11,6 @@ from torchprobe.rf.rules.core import (
     reduce_dims,
     register_rf_rule,
 )
-from torchprobe.rf.state import UnknownRF
 
 
 @register_rf_rule(
@@ -48,35 +43,3 @@ def linear(ctx: RuleContext) -> RuleResult:
     """A Linear contracts the last dim: an axis there becomes global; the others are untouched."""
     states = [reduce_dims(ctx.state_of(t), tuple(t.shape), [-1], keepdim=True) for t in ctx.tensors]
     return merge(ctx.tensors, states, ctx.out_shape)
-
-
-@register_rf_rule("matmul", "mm", "bmm")
-def matmul(ctx: RuleContext) -> RuleResult:
-    a, b = ctx.tensors[:2]
-    if a.dim() < 2 or b.dim() < 2:
-        return UnknownRF(f"{ctx.name} of a 1-D operand", "")
-    sa = reduce_dims(ctx.state_of(a), tuple(a.shape), [-1], keepdim=True)
-    sb = reduce_dims(ctx.state_of(b), tuple(b.shape), [-2], keepdim=True)
-    out = ctx.out_shape
-    like_out = [a[..., :1].expand(*a.shape[:-1], out[-1]), b[..., :1, :].expand(*b.shape[:-2], out[-2], b.shape[-1])]
-    return merge(like_out, [sa, sb], out)
-
-
-def _attention(ctx: RuleContext, query: torch.Tensor, keys: Sequence[torch.Tensor], seq_dim: int) -> RuleResult:
-    """Each output token sees its query token and every key/value token."""
-    reduced = [reduce_dims(ctx.state_of(k), tuple(k.shape), [seq_dim], keepdim=True) for k in keys]
-    states = [ctx.state_of(query), *reduced]
-    like_query = [query] + [query for _ in keys]  # keys reduced to a constant: broadcast as the query
-    return merge(like_query, states, ctx.out_shape)
-
-
-@register_rf_rule("multi_head_attention_forward")
-def multi_head_attention(ctx: RuleContext) -> RuleResult:
-    query, key, value = ctx.args[:3]
-    return _attention(ctx, query, [key, value], -3 if query.dim() == 3 else -2)
-
-
-@register_rf_rule("scaled_dot_product_attention")
-def scaled_dot_product_attention(ctx: RuleContext) -> RuleResult:
-    query, key, value = ctx.args[:3]
-    return _attention(ctx, query, [key, value], -2)
