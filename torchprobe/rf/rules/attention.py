@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import torch
 
+from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.rules.core import RuleContext, RuleResult, first_unknown, merge, reduce_dims, register_rf_rule
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
 
@@ -117,8 +119,9 @@ def attend(ctx: RuleContext, query: torch.Tensor, keys: Sequence[torch.Tensor], 
                 shape = list(key.shape)
                 shape[seq_dim] = queries
                 causal = all(row == list(range(i + 1)) for i, row in enumerate(rows))
-                state = state.along(seq_dim, (tuple(key.shape), tuple(shape)), lambda rows=rows: rows,
-                                    (lambda m: m.cumulative()) if causal and queries == key.shape[seq_dim] else None)
+                prefix = causal and queries == key.shape[seq_dim]
+                state = state.along(seq_dim, (tuple(key.shape), tuple(shape)), partial(list, rows),
+                                    AxisMap.cumulative if prefix else None)
         states.append(state)
     unknown = first_unknown(states)
     if unknown:
