@@ -37,14 +37,6 @@ SETTINGS = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny float64 convolutions: intra-op threads cost far more than they save (10x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # -- the check ---------------------------------------------------------------------------------------
 

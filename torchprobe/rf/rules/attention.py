@@ -65,9 +65,9 @@ def einsum(ctx: RuleContext) -> RuleResult:
     equation = ctx.args[0].replace(" ", "")
     operands = ctx.args[1:] if len(ctx.args) > 2 or isinstance(ctx.args[1], torch.Tensor) else ctx.args[1]
     tensors = [t for t in operands if isinstance(t, torch.Tensor)]
-    inputs, _, output = equation.partition("->")
+    inputs, arrow, output = equation.partition("->")
     terms = inputs.split(",")
-    if not _:
+    if not arrow:  # implicit output: the letters seen once, in order
         letters = [c for c in re.sub(r"\.\.\.", "", inputs) if c.isalpha()]
         output = ("..." if "..." in inputs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
     ellipsis = max((t.dim() - len(term.replace("...", "")) for t, term in zip(tensors, terms) if "..." in term),

@@ -163,10 +163,7 @@ def _merged_axis(
     placed = [(m, p) for m, p in operands if p.dims]
     grids = {(m.jump, m.start) for m, _ in placed}
     if not placed:
-        merged = operands[0][0]
-        for m, _ in operands[1:]:
-            merged = merged.union(m, 1)
-        return merged, Placement.nowhere(), grids
+        return _union([m for m, _ in operands], 1), Placement.nowhere(), grids
     units, finest = max(((m.units, p) for m, p in placed), key=lambda pair: pair[0])
     if all(p == finest for _, p in placed):
         if len(placed) == len(operands) or not _has_holes(finest):
