@@ -10,6 +10,7 @@ Every element keeps its own span: a dim that holds channels and pixels tells the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -55,32 +56,35 @@ def viewed(state: TensorRF, in_shape: Sequence[int], out_shape: Sequence[int], o
     # first: an axis that a block cannot hand on to the new dims is combined over that block
     for dims_in, dims_out in blocks:
         neg_in = [d - n_in for d in dims_in]
-        sizes = [out_shape[d] for d in dims_out if out_shape[d] > 1]
+        sizes = [out_shape[d] for d in _carrying(dims_out, out_shape)]
         for a, place in enumerate(state.places):
             own = _restricted(place, neg_in)
             if own.dims and (not sizes or separated(own.grid(neg_in, in_shape).reshape(sizes)) is None):
-                state = _combined(state, a, own.dims, in_shape)
-                if sizes:
+                axes, places = list(state.axes), list(state.places)
+                axes[a], places[a] = combined(state.axes[a], place, own.dims, in_shape)
+                state = TensorRF(tuple(axes), tuple(places), state.aligned)
+                if math.prod(sizes) > 1:
                     notes.append(TANGLED_NOTE.format(op=op))
     # then every block hands its tables on
     pairs: list[list[tuple[int, np.ndarray]]] = [[] for _ in state.axes]
     for dims_in, dims_out in blocks:
         neg_in = [d - n_in for d in dims_in]
-        big_out = [d for d in dims_out if out_shape[d] > 1]
+        carrying = _carrying(dims_out, out_shape)
         for a, place in enumerate(state.places):
             own = _restricted(place, neg_in)
             if own.dims:
-                tables = separated(own.grid(neg_in, in_shape).reshape([out_shape[d] for d in big_out]))
+                tables = separated(own.grid(neg_in, in_shape).reshape([out_shape[d] for d in carrying]))
                 assert tables is not None  # blocks that do not separate were combined above
-                pairs[a] += [(d - n_out, t) for d, t in zip(big_out, tables)]
+                pairs[a] += [(d - n_out, t) for d, t in zip(carrying, tables)]
     return TensorRF(state.axes, tuple(Placement.of(p) for p in pairs), state.aligned), notes
+
+
+def _carrying(dims_out: list[int], out_shape: Sequence[int]) -> list[int]:
+    """The new dims of a block that can carry its units: those of size > 1, or else its first dim
+    (one unit stays on a dim of size 1, so that a later ``cat`` along it keeps it apart)."""
+    big = [d for d in dims_out if out_shape[d] > 1]
+    return big or dims_out[:1]
 
 
 def _restricted(place: Placement, dims: Sequence[int]) -> Placement:
     return Placement.of([(d, t) for d, t in zip(place.dims, place.tables) if d in dims])
-
-
-def _combined(state: TensorRF, axis: int, dims: Sequence[int], shape: Sequence[int]) -> TensorRF:
-    axes, places = list(state.axes), list(state.places)
-    axes[axis], places[axis] = combined(axes[axis], places[axis], dims, shape)
-    return TensorRF(tuple(axes), tuple(places), state.aligned)
