@@ -25,6 +25,7 @@ import numpy as np
 from torchprobe.rf.support import Support, taps_of_rows
 
 Span = tuple[int | None, int | None]
+_NONE = np.iinfo(np.int64).min  # a missing bound (a unit that sees no pixel), in arrays
 
 
 @dataclass(frozen=True)
@@ -191,10 +192,11 @@ class AxisMap:
         """Output unit ``o`` reads input units ``rows[o]`` (adaptive windows, tables of any
         pattern). Beyond the tensor the pattern tiles: unit ``o + k*len(rows)`` reads
         ``rows[o]`` moved by ``k`` times the input's length."""
-        n_in = self.units
         tiles, shift = self._tiling()
-        spans = [self.union_of(t + k * n_in for t in row) for k in range(tiles) for row in rows]
-        return AxisMap.from_table(spans, shift, self.size, len(rows), self._read(*taps_of_rows(rows)))
+        taps, mask = taps_of_rows(rows)
+        tiled = taps[None] + (np.arange(tiles) * self.units)[:, None, None]
+        spans = self._hulls(tiled.reshape(-1, taps.shape[1]), np.tile(mask, (tiles, 1)))
+        return AxisMap.from_table(spans, shift, self.size, len(rows), self._read(taps, mask))
 
     def cumulative(self) -> AxisMap:
         """Unit ``o`` reads units ``0 .. o`` (``cumsum`` and kin): :meth:`gathered` with prefix
@@ -228,6 +230,16 @@ class AxisMap:
         """Hull of the spans of ``units``: what a unit reading all of them sees."""
         nothing: Span = (None, None)
         return reduce(_merge, (self.span(unit) for unit in units), nothing)
+
+    def _hulls(self, taps: np.ndarray, mask: np.ndarray) -> list[Span]:
+        """:meth:`union_of` of each row of ``taps`` (where ``mask``), vectorised."""
+        q, r = np.divmod(taps, self.period)
+        lo = np.array([_NONE if v is None else v for v in self.lo], dtype=np.int64)[r]
+        hi = np.array([_NONE if v is None else v for v in self.hi], dtype=np.int64)[r]
+        valid = mask & (lo != _NONE)
+        low = np.where(valid, lo + q * self.shift, np.iinfo(np.int64).max).min(axis=1, initial=np.iinfo(np.int64).max)
+        high = np.where(valid, hi + q * self.shift, np.iinfo(np.int64).min).max(axis=1, initial=np.iinfo(np.int64).min)
+        return [(int(a), int(b)) if ok else (None, None) for a, b, ok in zip(low, high, valid.any(axis=1))]
 
     def _tiling(self) -> tuple[int, int]:
         """How many copies of the input's length bring this map back in phase, and their shift in

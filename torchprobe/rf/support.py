@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, reduce
+from itertools import chain
 
 import numpy as np
 
@@ -122,12 +123,10 @@ class Support:
 
 def taps_of_rows(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """``(taps, mask)`` for :meth:`Support.read` when unit ``o`` reads units ``rows[o]``."""
-    width = max((len(row) for row in rows), default=0)
-    taps = np.zeros((len(rows), width), dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=bool)
-    for o, row in enumerate(rows):
-        taps[o, : len(row)] = row
-        mask[o, : len(row)] = True
+    lengths = np.fromiter((len(row) for row in rows), dtype=np.int64, count=len(rows))
+    mask = np.arange(lengths.max(initial=0)) < lengths[:, None]
+    taps = np.zeros(mask.shape, dtype=np.int64)
+    taps[mask] = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
     return taps, mask
 
 
