@@ -141,7 +141,7 @@ def _averaging_copy(model: nn.Module) -> nn.Module:
 
 
 class _AveragingMode(TorchFunctionMode):
-    """Max pooling as average pooling of the same geometry, products as sums; normalisations and
+    """Max pooling as average pooling of the same geometry, products of floats as sums; normalisations and
     activations as the identity (in-place ones too: the input comes back unchanged)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
@@ -149,7 +149,7 @@ class _AveragingMode(TorchFunctionMode):
         name, inplace = canonical_op_name(func)
         if name in PASSED_THROUGH:
             return args[0] if args else kwargs["input"]
-        if name == "mul":
+        if name == "mul" and any(t.is_floating_point() for t in tensors_in((args, kwargs))):  # not index arithmetic
             return (torch.Tensor.add_ if inplace else torch.add)(*args, **kwargs)
         if name.startswith("max_pool"):
             return _with_indices(_average_pool(*args, **kwargs), name, kwargs)

@@ -16,6 +16,7 @@ from torchprobe.errors import RFError, UsageError
 from torchprobe.notes import Note, NoteCode
 from torchprobe.rf.layouts import LayoutArg, input_layout
 from torchprobe.rf.rules import RULES, Rule, RuleContext, RuleResult
+from torchprobe.rf.rules.writes import box_of, into
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
 
 
@@ -97,9 +98,23 @@ class RFProbe(Probe):
         context = RuleContext(op.name, op.args, op.kwargs, op.output, self._state_of)
         result = self._apply(rule, context, op.name, where)
         self._assign(op.args[0] if op.output is None else op.output, result)  # __setitem__: None
+        if op.inplace or op.name == "setitem":
+            self._write_back(op.args[0], where)
         self._maybe_record_op(op, in_states, result)
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _write_back(self, part: Any, where: str) -> None:
+        """An in-place op on a view wrote into the tensor it views (a canvas filled through
+        ``canvas[..., :h, :w].copy_(x)``): that tensor's units in the view now hold its state."""
+        whole = part._base if isinstance(part, torch.Tensor) else None
+        if whole is None:
+            return
+        notes: list[str] = []
+        state = into(whole, self.states.get(whole), part, self.states.get(part), box_of(part, whole), notes)
+        for note in notes:
+            self._note(Note("approximation", "write into a view", where, f"{note} (in {where or '<root>'})"))
+        self._assign(whole, state)
 
     def _state_of(self, tensor: torch.Tensor) -> RFState | None:
         return self.states.get(tensor)

@@ -24,20 +24,22 @@ The rules by family (``coverage()`` gives the same table from the registry; a te
   expand, expand_as, feature_alpha_dropout, float, full_like, gelu, glu_, group_norm, half, hardshrink,
   hardswish, instance_norm, layer_norm, local_response_norm, logsigmoid, mish, native_channel_shuffle,
   new_empty, new_full, new_ones, new_tensor, new_zeros, numel, ones_like, prelu, rand_like, randint_like,
-  randn_like, real, relu, requires_grad, rms_norm, rrelu, selu, setitem, silu, size, softplus, softshrink,
-  softsign, tanhshrink, threshold, to, type, type_as, zeros_like
+  randn_like, real, relu, requires_grad, rms_norm, rrelu, selu, silu, size, softplus, softshrink, softsign,
+  tanhshrink, threshold, to, type, type_as, zeros_like
 - ``joins``: cat, concat, concatenate, stack
 - ``reductions``: all, amax, amin, any, argmax, argmin, bilinear, count_nonzero, linear, log_softmax,
   logsumexp, max, mean, median, min, nanmean, nanmedian, nansum, norm, normalize, prod, softmax, softmin, std,
   std_mean, sum, var, var_mean
 - ``attention``: bmm, einsum, matmul, mm, multi_head_attention_forward, scaled_dot_product_attention
-- ``layout``: T, chunk, cummax, cummin, cumprod, cumsum, flatten, flip, fliplr, flipud, getitem, logcumsumexp,
-  mT, moveaxis, movedim, narrow, permute, ravel, repeat, repeat_interleave, reshape, reshape_as, roll, split,
+- ``layout``: T, chunk, cummax, cummin, cumprod, cumsum, flatten, flip, fliplr, flipud, logcumsumexp, mT,
+  moveaxis, movedim, narrow, permute, ravel, repeat, repeat_interleave, reshape, reshape_as, roll, split,
   split_with_sizes, squeeze, swapaxes, swapdims, t, tensor_split, tile, transpose, unbind, unflatten,
   unsqueeze, view, view_as
+- ``gathers``: gather, getitem, grid_sample, index_select, take_along_dim
+- ``writes``: copy, fill, setitem, zero
 """
 
-from torchprobe.rf.rules import attention, elementwise, joins, layout, reductions, resample, sliding
+from torchprobe.rf.rules import attention, elementwise, gathers, joins, layout, reductions, resample, sliding, writes
 from torchprobe.rf.rules.core import (
     RULE_ENTRY_POINT_GROUP,
     RULES,
@@ -53,7 +55,7 @@ from torchprobe.rf.rules.core import (
     spatial,
 )
 
-FAMILIES = (sliding, resample, elementwise, joins, reductions, attention, layout)
+FAMILIES = (sliding, resample, elementwise, joins, reductions, attention, layout, gathers, writes)
 
 
 def coverage() -> dict[str, list[str]]:

@@ -1,10 +1,8 @@
-"""Per-unit ops: activations, normalisations, dropout, casts, value-free ops, broadcasts and indexed writes."""
+"""Per-unit ops: activations, normalisations, dropout, casts, value-free ops and broadcasts."""
 
 from __future__ import annotations
 
-import torch
-
-from torchprobe.rf.rules.core import RuleContext, RuleResult, merge, pointwise, reduce_dims, register_rf_rule
+from torchprobe.rf.rules.core import RuleContext, RuleResult, merge, pointwise, register_rf_rule
 
 POINTWISE = (
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
@@ -29,17 +27,6 @@ def elementwise(ctx: RuleContext) -> RuleResult:
 def value_free(ctx: RuleContext) -> RuleResult:
     """The output depends on the input's shape, not on its values."""
     return None
-
-
-@register_rf_rule("setitem")
-def setitem(ctx: RuleContext) -> RuleResult:
-    """``x[idx] = value`` in place: every unit of ``x`` may now also see what ``value`` sees."""
-    x, value = ctx.args[0], ctx.args[2]
-    if not isinstance(value, torch.Tensor) or ctx.state_of(value) is None:
-        return ctx.state_of(x)
-    ctx.note("an indexed assignment is counted as reaching every unit, an over-estimate")
-    everything = reduce_dims(ctx.state_of(value), tuple(value.shape), list(range(-value.dim(), 0)), keepdim=False)
-    return merge([x, value], [ctx.state_of(x), everything], tuple(x.shape))
 
 
 @register_rf_rule("expand", "expand_as", "broadcast_to")

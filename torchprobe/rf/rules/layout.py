@@ -91,16 +91,13 @@ def taken(state: TensorRF, dim: int, index: int, shape: Sequence[int]) -> Tensor
     return state.moved(lambda d: d + 1 if d < dim else d)
 
 
-@register_rf_rule("getitem")
-def getitem(ctx: RuleContext) -> RuleResult:
+def basic_getitem(ctx: RuleContext) -> RuleResult:
     """Basic indexing: slices crop and stride an axis, an integer picks one unit of it."""
     state = ctx.input_state
     if not isinstance(state, TensorRF):
         return state
     x = ctx.input
     index = ctx.args[1] if isinstance(ctx.args[1], tuple) else (ctx.args[1],)
-    if any(isinstance(i, (torch.Tensor, list, bool)) for i in index):
-        return UnknownRF("getitem with tensor indices", "")
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
     expanded: list[Any] = []
     for i in index:
@@ -127,7 +124,7 @@ Rows = Callable[[int, int], list[list[int]]]  # (in_units, out_units) -> indices
 Geometry = Callable[[AxisMap, int, int], AxisMap]  # the same on a span map: (map, in_units, out_units) -> map
 
 
-def _along(ctx: RuleContext, steps: Sequence[tuple[int, Rows, Geometry | None]]) -> RuleResult:
+def read_along(ctx: RuleContext, steps: Sequence[tuple[int, Rows, Geometry | None]]) -> RuleResult:
     """Each ``(dim, rows, geometry)`` in turn: index ``j`` of ``dim`` reads indices ``rows(n_in, n_out)[j]``
     (``geometry`` does it on an axis that ``dim`` alone carries, keeping the RF convention)."""
     state = ctx.input_state
@@ -189,13 +186,13 @@ def roll(ctx: RuleContext) -> RuleResult:
     def rolled(k: int) -> Rows:
         return lambda n, _out: [[(o - k) % n] for o in range(n)]
 
-    return _along(ctx, [(dim, rolled(shift), None) for shift, dim in zip(shifts, dims)])
+    return read_along(ctx, [(dim, rolled(shift), None) for shift, dim in zip(shifts, dims)])
 
 
 @register_rf_rule("cumsum", "cumprod", "cummax", "cummin", "logcumsumexp")
 def cumulative(ctx: RuleContext) -> RuleResult:
     """Unit ``o`` along ``dim`` depends on units ``0 .. o``."""
-    return _along(ctx, [(ctx.arg(1, "dim"), lambda n, _out: [list(range(o + 1)) for o in range(n)],
+    return read_along(ctx, [(ctx.arg(1, "dim"), lambda n, _out: [list(range(o + 1)) for o in range(n)],
                          lambda m, _in, _out: m.cumulative())])
 
 
@@ -203,14 +200,14 @@ def cumulative(ctx: RuleContext) -> RuleResult:
 def flip(ctx: RuleContext) -> RuleResult:
     """Unit ``o`` of a flipped dim of ``n`` units is unit ``n - 1 - o``."""
     dims = {"fliplr": [1], "flipud": [0]}.get(ctx.name) or _int_args(ctx, 1, "dims")
-    return _along(ctx, [(d, lambda n, _out: [[n - 1 - o] for o in range(n)], None) for d in dims])
+    return read_along(ctx, [(d, lambda n, _out: [[n - 1 - o] for o in range(n)], None) for d in dims])
 
 
 @register_rf_rule("narrow")
 def narrow(ctx: RuleContext) -> RuleResult:
     """``length`` units from ``start`` on (a negative start counts from the end)."""
     dim, start, length = ctx.arg(1, "dim"), int(ctx.arg(2, "start")), int(ctx.arg(3, "length"))
-    return _along(ctx, [(dim, lambda n, _out: [[start % n + o] for o in range(length)],
+    return read_along(ctx, [(dim, lambda n, _out: [[start % n + o] for o in range(length)],
                          lambda m, n, _out: m.sliding(1, 1, -(start % n), 1, length))])
 
 
@@ -222,7 +219,7 @@ def repeat(ctx: RuleContext) -> RuleResult:
     counts = [1] * (ctx.input.dim() - len(counts)) + counts  # tile pads at the front, repeat never needs to
     tiled = [(d, lambda n, out: [[o % n] for o in range(out)], None)
              for d in range(-1, -ctx.input.dim() - 1, -1) if counts[d] != 1]
-    return _along(ctx, tiled)
+    return read_along(ctx, tiled)
 
 
 @register_rf_rule("repeat_interleave")
@@ -235,4 +232,4 @@ def repeat_interleave(ctx: RuleContext) -> RuleResult:
         return UnknownRF("repeat_interleave without dim (flattened)", "")
     if not isinstance(repeats, int):
         return UnknownRF("repeat_interleave with a repeat count per unit", "")
-    return _along(ctx, [(dim, lambda _n, out: [[o // repeats] for o in range(out)], None)])
+    return read_along(ctx, [(dim, lambda _n, out: [[o // repeats] for o in range(out)], None)])

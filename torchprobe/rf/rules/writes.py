@@ -1,0 +1,147 @@
+"""In-place writes into part of a tensor (``copy_``, ``fill_``, ``zero_``, slice assignment):
+``canvas[..., :h, :w].copy_(x)`` (torchvision's detection batching), ``x[:, :, 2:5] = y``. The
+written part is a *box* of the whole tensor: each of its dims walks one dim of the whole with a
+fixed step, every other dim of the whole stays at one index. The whole then holds the part's
+state inside the box and its own state outside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from torchprobe.rf.placement import NO_UNIT, Placement
+from torchprobe.rf.rules.core import RuleContext, RuleResult, merge, reduce_dims, register_rf_rule
+from torchprobe.rf.state import RFState, TensorRF, UnknownRF
+
+MIXED_NOTE = ("a write into part of a tensor that already depended on the input is counted as "
+              "keeping what the written units held too, an over-estimate")
+SCATTERED_NOTE = ("a write through an index that is not a box of the tensor (a tensor or boolean index, "
+                  "a strided view) is counted as reaching every unit, an over-estimate")
+
+
+@dataclass(frozen=True)
+class Box:
+    """``indices[b]``: the indices of dim ``b`` of the whole that the part covers (negative dims);
+    ``source[b]``: the part's dim (negative) that walks them, None for a dim held at one index."""
+
+    shape: tuple[int, ...]
+    indices: dict[int, np.ndarray]
+    source: dict[int, int | None]
+
+
+def box_of(part: torch.Tensor, whole: torch.Tensor) -> Box | None:
+    """Where ``part`` (a view sharing ``whole``'s storage) lies in ``whole``, if it is a box of a
+    contiguous ``whole`` (None otherwise: a view of a transposed tensor, a diagonal)."""
+    if not whole.is_contiguous() or part.numel() == 0:
+        return None
+    shape, strides, n = tuple(whole.shape), whole.stride(), whole.dim()
+    offset = part.storage_offset() - whole.storage_offset()
+    if not 0 <= offset < max(whole.numel(), 1):
+        return None
+    origin = [int(c) for c in np.unravel_index(int(offset), shape)] if n else []
+    source: dict[int, int | None] = {b - n: None for b in range(n)}
+    indices = {b - n: np.array([origin[b]]) for b in range(n)}
+    for k, (size, stride) in enumerate(zip(part.shape, part.stride())):
+        if size == 1:
+            continue
+        b = next((b for b in range(n) if shape[b] > 1 and strides[b] <= stride
+                  and stride % strides[b] == 0 and (b == 0 or stride < strides[b - 1])), None)
+        if b is None or source[b - n] is not None:
+            return None
+        step = stride // strides[b]
+        if origin[b] + step * (size - 1) >= shape[b]:
+            return None
+        source[b - n] = k - part.dim()
+        indices[b - n] = origin[b] + step * np.arange(size)
+    return Box(shape, indices, source)
+
+
+def written(box: Box, old: TensorRF | None, part: TensorRF, part_shape: Sequence[int]) -> tuple[TensorRF, bool]:
+    """The whole's state once the box holds ``part`` (in the part's own dims); True when that is
+    exact (the whole read nothing before, or the box is all of it)."""
+    walked = set(box.source.values())
+    carried = {d for p in part.places for d in p.dims}
+    # the units outside the box along a dim are marked "no unit" on one axis: on the axes of
+    # that dim when it carries some, else on the first axis
+    unmarked = [b for b, i in box.indices.items() if len(i) < box.shape[b] and box.source[b] not in carried]
+    covered = [b for b, i in box.indices.items() if len(i) < box.shape[b]]
+
+    def placed(a: int, p: Placement) -> Placement:
+        # a dim of size 1 that the part keeps but the box does not walk adds its one entry
+        constant = sum(int(t[0]) for k, t in zip(p.dims, p.tables) if k not in walked)
+        tables: dict[int, np.ndarray] = {}
+        for b, k in box.source.items():
+            table = p.table(k) if k is not None else None
+            marked = a == 0 and b in unmarked
+            if table is None and not marked and not (constant and not tables and b == min(box.source)):
+                continue
+            whole = np.full(box.shape[b], NO_UNIT, dtype=np.int64)
+            whole[box.indices[b]] = 0 if table is None or k is None else np.broadcast_to(table, (part_shape[k],))
+            tables[b] = whole
+        if constant:
+            b = min(tables)
+            tables[b] = np.where(tables[b] == NO_UNIT, NO_UNIT, tables[b] + constant)
+        return Placement.of(sorted(tables.items()))
+
+    moved = TensorRF(part.axes, tuple(placed(a, p) for a, p in enumerate(part.places)), part.aligned)
+    if old is None or not covered:
+        return moved, True
+    union = merge([torch.empty(box.shape, device="meta")] * 2, [old, moved], box.shape)
+    assert isinstance(union, TensorRF)
+    return union, False
+
+
+def into(whole: torch.Tensor, old: RFState | None, part: torch.Tensor, state: RFState | None,
+         box: Box | None, notes: list[str]) -> RFState | None:
+    """The state of ``whole`` once its part ``part`` (at ``box``, None: somewhere unknown) holds
+    ``state``; the notes of an over-estimate go to ``notes``."""
+    if state is None or isinstance(old, UnknownRF):
+        if old is not None and state is None:
+            notes.append(MIXED_NOTE)  # what the written units held is gone, but counted
+        return old
+    if isinstance(state, UnknownRF):
+        return state
+    if box is None:
+        notes.append(SCATTERED_NOTE)
+        everything = reduce_dims(state, tuple(part.shape), list(range(-part.dim(), 0)), keepdim=False)
+        return merge([whole, whole], [old, everything], tuple(whole.shape))
+    new, exact = written(box, old, state, tuple(part.shape))
+    if not exact:
+        notes.append(MIXED_NOTE)
+    return new
+
+
+@register_rf_rule("copy")
+def copy(ctx: RuleContext) -> RuleResult:
+    """``dst.copy_(src)``: ``dst`` now holds ``src``, broadcast to its shape."""
+    dst, src = ctx.args[0], ctx.arg(1, "src")
+    return merge([src], [ctx.state_of(src)], tuple(dst.shape))
+
+
+@register_rf_rule("zero")
+def zero(ctx: RuleContext) -> RuleResult:
+    return None
+
+
+@register_rf_rule("fill")
+def fill(ctx: RuleContext) -> RuleResult:
+    """``x.fill_(value)``: a tensor value (one element) reaches every unit."""
+    x, value = ctx.args[0], ctx.arg(1, "value")
+    if not isinstance(value, torch.Tensor):
+        return None
+    return merge([value], [ctx.state_of(value)], tuple(x.shape))
+
+
+@register_rf_rule("setitem")
+def setitem(ctx: RuleContext) -> RuleResult:
+    """``x[index] = value``: the units ``index`` picks hold ``value``, broadcast to them."""
+    x, index, value = ctx.args[0], ctx.args[1], ctx.args[2]
+    part = x[index]
+    state = merge([value], [ctx.state_of(value)], tuple(part.shape)) if isinstance(value, torch.Tensor) else None
+    items = index if isinstance(index, tuple) else (index,)
+    basic = not any(isinstance(i, (torch.Tensor, list, bool)) for i in items)  # else a copy, not a view
+    return into(x, ctx.state_of(x), part, state, box_of(part, x) if basic else None, ctx.notes)
