@@ -335,7 +335,7 @@ def test_depth_limits_nesting(models: str) -> None:
 # -- ops without a rule: unknown, or an error with --strict ---------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "op"), [("FFT", "fft"), ("GridSample", "grid_sample"), ("SortRows", "sort")])
+@pytest.mark.parametrize(("name", "op"), [("Cdist", "cdist"), ("Topk", "topk"), ("SortRows", "sort")])
 def test_op_without_rule_is_unknown(models: str, name: str, op: str) -> None:
     proc = run_cli("rf", f"{models}:{name}", "--input", "1,28,28")
     assert_ok(proc)
@@ -357,8 +357,8 @@ def test_op_without_rule_is_unknown(models: str, name: str, op: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "op", "as_json"),
-    [("FFT", "fft", False), ("GridSample", "grid_sample", False), ("SortRows", "sort", False), ("FFT", "fft", True)],
-    ids=["fft", "grid_sample", "sort", "fft-json"],
+    [("Cdist", "cdist", False), ("Topk", "topk", False), ("SortRows", "sort", False), ("Cdist", "cdist", True)],
+    ids=["cdist", "topk", "sort", "cdist-json"],
 )
 def test_strict_fails_on_op_without_rule(models: str, name: str, op: str, as_json: bool) -> None:
     args = ["rf", f"{models}:{name}", "--input", "1,28,28", "--strict"] + (["--json"] if as_json else [])

@@ -320,24 +320,23 @@ MODELS = textwrap.dedent(
             return self.head(self.block(x))
 
 
-    class FFT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 4, 3)
-
-        def forward(self, x):
-            return torch.fft.fft2(self.conv(x)).real
-
-
-    class GridSample(nn.Module):
+    class Cdist(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 4, 3)
 
         def forward(self, x):
             x = self.conv(x)
-            grid = torch.zeros(x.shape[0], x.shape[2], x.shape[3], 2, device=x.device)
-            return F.grid_sample(x, grid, align_corners=False)
+            return torch.cdist(x, x)
+
+
+    class Topk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return torch.topk(self.conv(x), 5, dim=2).values
 
 
     class SortRows(nn.Module):

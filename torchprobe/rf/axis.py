@@ -109,8 +109,10 @@ class AxisMap:
 
     @property
     def rf(self) -> int:
-        """Widest span over all units, in input pixels (padding positions included)."""
-        return max((hi - lo + 1 for lo, hi in zip(self.lo, self.hi) if lo is not None and hi is not None), default=0)
+        """Widest span over all units, in input pixels (padding positions included; a period longer
+        than the tensor counts its real units only)."""
+        real = zip(self.lo[: self.units or None], self.hi[: self.units or None])
+        return max((hi - lo + 1 for lo, hi in real if lo is not None and hi is not None), default=0)
 
     @property
     def start(self) -> Fraction | None:
@@ -170,6 +172,17 @@ class AxisMap:
             period, shift, n_out, self._read(taps),
         )
 
+    def unfolded(self, kernel: int, stride: int, padding: int, dilation: int, n_out: int) -> AxisMap:
+        """``F.unfold``'s blocks: unit ``o * kernel + k`` reads unit ``o*stride - padding + k*dilation``
+        (block ``o``, kernel offset ``k``)."""
+        period = self.period // math.gcd(self.period, stride)
+        shift = self.shift * period * stride // self.period
+        taps = (np.arange(n_out)[:, None] * stride - padding + np.arange(kernel)[None, :] * dilation).reshape(-1, 1)
+        return self._windows(
+            lambda r: (r // kernel * stride - padding + r % kernel * dilation,),
+            period * kernel, shift, n_out * kernel, self._read(taps),
+        )
+
     def transposed(
         self, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1, n_out: int | None = None
     ) -> AxisMap:
@@ -190,13 +203,26 @@ class AxisMap:
 
     def gathered(self, rows: Sequence[Sequence[int]]) -> AxisMap:
         """Output unit ``o`` reads input units ``rows[o]`` (adaptive windows, tables of any
-        pattern). Beyond the tensor the pattern tiles: unit ``o + k*len(rows)`` reads
-        ``rows[o]`` moved by ``k`` times the input's length."""
-        tiles, shift = self._tiling()
+        pattern). Beyond the tensor, rows that step (``rows[o + p]`` is ``rows[o]`` moved by a
+        whole number of the input's periods) go on stepping; other patterns tile: unit
+        ``o + k*len(rows)`` reads ``rows[o]`` moved by ``k`` times the input's length."""
         taps, mask = taps_of_rows(rows)
+        terms = self._read(taps, mask)
+        stepping = _row_period(taps, mask, self.period)
+        if stepping is not None:  # windows that step (x.unfold(...).sum(-1)): the map steps on beyond the tensor
+            period, step = stepping
+            spans = self._hulls(taps[:period], mask[:period])
+            return AxisMap.from_table(spans, step * self.shift // self.period, self.size, len(rows), terms)
+        spans = self._hulls(taps, mask)
+        lo, hi = tuple(s[0] for s in spans), tuple(s[1] for s in spans)
+        for p in range(1, len(spans) // 2 + 1):  # the real units step evenly (twice at least): so do those beyond
+            even = _step(lo, hi, p)
+            if even is not None:
+                return AxisMap(p, even, lo[:p], hi[:p], self.size, len(rows), terms)
+        tiles, shift = self._tiling()
         tiled = taps[None] + (np.arange(tiles) * self.units)[:, None, None]
         spans = self._hulls(tiled.reshape(-1, taps.shape[1]), np.tile(mask, (tiles, 1)))
-        return AxisMap.from_table(spans, shift, self.size, len(rows), self._read(taps, mask))
+        return AxisMap.from_table(spans, shift, self.size, len(rows), terms)
 
     def cumulative(self) -> AxisMap:
         """Unit ``o`` reads units ``0 .. o`` (``cumsum`` and kin): :meth:`gathered` with prefix
@@ -276,6 +302,19 @@ class AxisMap:
             ):
                 return replace(self, period=p, shift=step, lo=self.lo[:p], hi=self.hi[:p])
         return self
+
+
+def _row_period(taps: np.ndarray, mask: np.ndarray, in_period: int, longest: int = 64) -> tuple[int, int] | None:
+    """``(p, s)``, the shortest ``p`` with every row ``o + p`` the row ``o`` moved by ``s`` (a
+    multiple of ``in_period``), when all rows are full and of one width; else None."""
+    n = len(taps)
+    if n < 2 or not mask.all() or taps.shape[1] == 0:
+        return None
+    for p in range(1, min(n // 2, longest) + 1):  # two periods at least
+        step = int(taps[p, 0] - taps[0, 0])
+        if step % in_period == 0 and np.array_equal(taps[p:], taps[:-p] + step):
+            return p, step
+    return None
 
 
 def _step(lo: tuple[int | None, ...], hi: tuple[int | None, ...], p: int) -> int | None:

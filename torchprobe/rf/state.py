@@ -4,7 +4,7 @@ tensor each axis's units are (:mod:`torchprobe.rf.placement`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -104,7 +104,9 @@ def sole(m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
     return m.gathered([[int(u)] if u >= 0 else [] for u in table]), Placement.on(p.dims[0], len(table))
 
 
-def reindexed(m: AxisMap, units: np.ndarray, dims: Sequence[int], shape: Sequence[int]) -> tuple[AxisMap, Placement]:
+def reindexed(
+    m: AxisMap, units: np.ndarray, dims: Sequence[int], shape: Sequence[int] | Mapping[int, int]
+) -> tuple[AxisMap, Placement]:
     """The axis re-numbered over ``dims``: the unit at each index is old unit ``units[index]``
     (NO_UNIT: none), in the fewest units that tell the indices apart (see :func:`compacted`)."""
     return compacted(m, units.reshape([shape[d] for d in dims]), dims)

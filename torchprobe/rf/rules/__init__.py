@@ -14,9 +14,9 @@ The rules by family (``coverage()`` gives the same table from the registry; a te
   adaptive_avg_pool2d_with_indices, adaptive_avg_pool3d, adaptive_avg_pool3d_with_indices,
   adaptive_max_pool1d, adaptive_max_pool1d_with_indices, adaptive_max_pool2d,
   adaptive_max_pool2d_with_indices, adaptive_max_pool3d, adaptive_max_pool3d_with_indices, avg_pool1d,
-  avg_pool2d, avg_pool3d, conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d,
+  avg_pool2d, avg_pool3d, conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d, fold,
   lp_pool1d, lp_pool2d, lp_pool3d, max_pool1d, max_pool1d_with_indices, max_pool2d, max_pool2d_with_indices,
-  max_pool3d, max_pool3d_with_indices
+  max_pool3d, max_pool3d_with_indices, unfold
 - ``resample``: interpolate, pad, pixel_shuffle, pixel_unshuffle, upsample, upsample_bilinear,
   upsample_nearest
 - ``elementwise``: alias, alpha_dropout, batch_norm, bfloat16, broadcast_to, celu, channel_shuffle, clone,
@@ -27,13 +27,15 @@ The rules by family (``coverage()`` gives the same table from the registry; a te
   randn_like, real, relu, requires_grad, rms_norm, rrelu, selu, silu, size, softplus, softshrink, softsign,
   tanhshrink, threshold, to, type, type_as, zeros_like
 - ``joins``: cat, concat, concatenate, stack
-- ``reductions``: all, amax, amin, any, argmax, argmin, bilinear, count_nonzero, linear, log_softmax,
-  logsumexp, max, mean, median, min, nanmean, nanmedian, nansum, norm, normalize, prod, softmax, softmin, std,
-  std_mean, sum, var, var_mean
+- ``reductions``: all, amax, amin, any, argmax, argmin, bilinear, count_nonzero, fft_fft, fft_fft2, fft_fftn,
+  fft_hfft, fft_hfft2, fft_hfftn, fft_ifft, fft_ifft2, fft_ifftn, fft_ihfft, fft_ihfft2, fft_ihfftn,
+  fft_irfft, fft_irfft2, fft_irfftn, fft_rfft, fft_rfft2, fft_rfftn, linear, log_softmax, logsumexp, max,
+  mean, median, min, nanmean, nanmedian, nansum, norm, normalize, prod, softmax, softmin, std, std_mean, sum,
+  var, var_mean, view_as_complex, view_as_real
 - ``attention``: bmm, einsum, matmul, mm, multi_head_attention_forward, scaled_dot_product_attention
 - ``layout``: T, chunk, cummax, cummin, cumprod, cumsum, flatten, flip, fliplr, flipud, logcumsumexp, mT,
-  moveaxis, movedim, narrow, permute, ravel, repeat, repeat_interleave, reshape, reshape_as, roll, split,
-  split_with_sizes, squeeze, swapaxes, swapdims, t, tensor_split, tile, transpose, unbind, unflatten,
+  moveaxis, movedim, narrow, permute, ravel, repeat, repeat_interleave, reshape, reshape_as, roll, rot90,
+  split, split_with_sizes, squeeze, swapaxes, swapdims, t, tensor_split, tile, transpose, unbind, unflatten,
   unsqueeze, view, view_as
 - ``gathers``: gather, getitem, grid_sample, index_select, take_along_dim
 - ``writes``: copy, fill, setitem, zero

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchprobe.engine.torch_utils import tensors_in
@@ -13,7 +14,7 @@ from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.placement import Placement
 from torchprobe.rf.reshape import viewed
 from torchprobe.rf.rules.core import RuleContext, RuleResult, register_rf_rule
-from torchprobe.rf.state import RFState, TensorRF, UnknownRF, picked
+from torchprobe.rf.state import RFState, TensorRF, UnknownRF, picked, reindexed
 
 
 @register_rf_rule("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel")
@@ -172,6 +173,65 @@ def split(ctx: RuleContext) -> RuleResult:
         results.append(sliced(state, neg, slice(offset, offset + piece.shape[neg]), shape))
         offset += piece.shape[neg]
     return results
+
+
+def windows(ctx: RuleContext) -> RuleResult:
+    """``x.unfold(dim, size, step)``: index ``(w, k)`` (window ``w`` of ``dim``, ``k`` in the new last
+    dim) is index ``w * step + k``; an axis that ``dim`` alone carries keeps its map."""
+    state = ctx.input_state
+    if not isinstance(state, TensorRF):
+        return state
+    x = ctx.input
+    dim, size, step = ctx.arg(1, "dimension") % x.dim() - x.dim() - 1, ctx.arg(2, "size"), ctx.arg(3, "step")
+    shape = (*x.shape, size)
+    count = ctx.out_shape[dim]
+    start = np.arange(count) * step
+
+    def split(_a: int, m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
+        if dim not in p.dims:
+            return m, p
+        if p.dims == (dim,):
+            table = p.tables[0]
+            if np.array_equal(table, np.arange(len(table))):
+                return m, Placement.of([(dim, start), (-1, np.arange(size))])
+        grid = np.moveaxis(p.grid(p.dims, shape), list(p.dims).index(dim), -1)
+        taken = grid[..., start[:, None] + np.arange(size)]  # (..., window, offset)
+        dims = [d for d in p.dims if d != dim] + [dim, -1]
+        order = sorted(range(len(dims)), key=lambda k: dims[k])
+        return reindexed(m, np.transpose(taken, order), sorted(dims), {**dict(enumerate(shape, -len(shape))),
+                                                                      dim: count})
+
+    return state.moved(lambda d: d - 1).map_axes(split)
+
+
+def _rotated(state: TensorRF, k: int, dims: tuple[int, int], shape: Sequence[int]) -> TensorRF:
+    """``torch.rot90``: ``k = 1`` is a flip of the second dim, then a swap of the two."""
+    first, second = dims
+
+    def flipped(state: TensorRF, dim: int, shape: Sequence[int]) -> TensorRF:
+        return state.along(dim, (shape, shape), lambda: [[shape[dim] - 1 - o] for o in range(shape[dim])])
+
+    def swapped(d: int) -> int:
+        return second if d == first else first if d == second else d
+
+    swapped_shape = [shape[swapped(d)] for d in range(-len(shape), 0)]
+    if k == 2:
+        return flipped(flipped(state, first, shape), second, shape)
+    if k == 1:
+        return flipped(state, second, shape).moved(swapped)
+    return flipped(state.moved(swapped), second, swapped_shape)
+
+
+@register_rf_rule("rot90")
+def rot90(ctx: RuleContext) -> RuleResult:
+    state = ctx.input_state
+    if not isinstance(state, TensorRF):
+        return state
+    x = ctx.input
+    k = ctx.arg(1, "k", 1) % 4
+    dims = ctx.arg(2, "dims", [0, 1])
+    first, second = (d % x.dim() - x.dim() for d in dims)
+    return state if k == 0 else _rotated(state, k, (first, second), tuple(x.shape))
 
 
 @register_rf_rule("roll")
