@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -41,8 +41,6 @@ from tests.helpers.rf_models import (
     wav2vec2_encoder,
 )
 
-BLOCK_THEN_GRID = "known bug (issue 11): block attention then a grid partition over-counts columns"
-NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)  # the xfailed bugs: fail fast, do not shrink
 SETTINGS = dict(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -161,8 +159,7 @@ def test_swin_windows(case: Case, seed: int) -> None:
     run(case, seed)
 
 
-@pytest.mark.xfail(reason=BLOCK_THEN_GRID, strict=False)
-@settings(max_examples=10, phases=NO_SHRINK, **SETTINGS)
+@settings(max_examples=10, **SETTINGS)
 @given(case=maxvit_models(), seed=SEEDS)
 def test_maxvit_block_and_grid(case: Case, seed: int) -> None:
     """Block partition (neighbours) and grid partition (strided pixels), attention in each."""
@@ -176,23 +173,25 @@ class WindowMeanResidual(nn.Module):
         return x + x.mean(1, keepdim=True)
 
 
-@pytest.mark.xfail(reason=BLOCK_THEN_GRID, strict=True)
 def test_maxvit_block_then_grid_every_unit() -> None:
     """MaxViT's order, smallest form: block attention (2 x 2 blocks), then the grid partition
     (g = 2) of its output. After the block stage column c carries the unit of block c // 2, so
-    the grid's split of W = 6 into (2, 3) is no sum of one table per new dim; every cell still
-    sees only the blocks of its own columns (cell 0: columns 0 and 3, blocks 0..3)."""
+    the grid's split of W = 6 into (2, 3) is no sum of one table per new dim: the view spells the
+    columns out first. A token sees its pixel's block; cell 0 (pixels at rows 0, 2 and columns
+    0, 3) sees the four blocks of rows 0..3, columns 0..3. Regression: this over-counted columns."""
     model = nn.Sequential(BlockPartition(2), WindowMeanResidual(), BlockReverse(2, 4, 6), GridPartition(2)).eval()
     case = Case(model, (1, 4, 6), "CHW")
     result = analyse(case)
     assert_no_failed_rule(result, case)
+    assert not result.diagnostics
     out = result.output
     for unit in itertools.product(*(range(n) for n in out.units)):
         truth = measured(case, out, unit)
         assert out.span(unit) == truth, f"unit {unit} of {out.unit_dims}: analytic {out.span(unit)}, measured {truth}"
-    cell = torchprobe.measure_receptive_field(model, (1, 4, 6), "", (0, 0), unit_dims=(0, 1)).spans
-    assert cell == ((0, 1), (0, 3))
-    assert out.span(unit_at(out, {0: 0, 1: 0})) == cell
+    token = torchprobe.measure_receptive_field(model, (1, 4, 6), "", (0, 0), unit_dims=(0, 1)).spans
+    cell = torchprobe.measure_receptive_field(model, (1, 4, 6), "", (0,), unit_dims=(0,)).spans
+    assert (token, cell) == (((0, 1), (0, 1)), ((0, 3), (0, 3)))
+    assert out.span(unit_at(out, {0: 0, 1: 0})) == token
 
 
 @settings(max_examples=12, **SETTINGS)

@@ -15,13 +15,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from torchprobe.rf.placement import Placement, separated
+from torchprobe.rf.axis import AxisMap
+from torchprobe.rf.placement import NO_UNIT, Placement, separated
 from torchprobe.rf.state import TensorRF, combined
 
 Block = tuple[list[int], list[int]]  # input dims, output dims (non-negative)
 
 TANGLED_NOTE = ("{op} splits a group of dims where no new dim alone addresses an input axis: "
                 "the units of that group are counted as their union, an over-estimate")
+SPELLED_OUT_LIMIT = 1 << 15  # indices an axis may be spelled out over before a tangled view combines them
 
 
 def view_blocks(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[Block] | None:
@@ -61,10 +63,14 @@ def viewed(state: TensorRF, in_shape: Sequence[int], out_shape: Sequence[int], o
             own = _restricted(place, neg_in)
             if own.dims and (not sizes or separated(own.grid(neg_in, in_shape).reshape(sizes)) is None):
                 axes, places = list(state.axes), list(state.places)
-                axes[a], places[a] = combined(state.axes[a], place, own.dims, in_shape)
+                spelled = sorted(set(place.dims) | {d for d in neg_in if in_shape[d] > 1})
+                if sizes and math.prod(in_shape[d] for d in spelled) <= SPELLED_OUT_LIMIT:
+                    axes[a], places[a] = _one_unit_per_index(state.axes[a], place, spelled, in_shape)
+                else:
+                    axes[a], places[a] = combined(state.axes[a], place, own.dims, in_shape)
+                    if math.prod(sizes) > 1:
+                        notes.append(TANGLED_NOTE.format(op=op))
                 state = TensorRF(tuple(axes), tuple(places), state.aligned)
-                if math.prod(sizes) > 1:
-                    notes.append(TANGLED_NOTE.format(op=op))
     # then every block hands its tables on
     pairs: list[list[tuple[int, np.ndarray]]] = [[] for _ in state.axes]
     for dims_in, dims_out in blocks:
@@ -77,6 +83,15 @@ def viewed(state: TensorRF, in_shape: Sequence[int], out_shape: Sequence[int], o
                 assert tables is not None  # blocks that do not separate were combined above
                 pairs[a] += [(d - n_out, t) for d, t in zip(carrying, tables)]
     return TensorRF(state.axes, tuple(Placement.of(p) for p in pairs), state.aligned), notes
+
+
+def _one_unit_per_index(
+    m: AxisMap, place: Placement, dims: list[int], shape: Sequence[int]
+) -> tuple[AxisMap, Placement]:
+    """The axis with a unit of its own at every index of ``dims`` (row-major): any view of them
+    then separates (block attention's columns, one unit per block, split again by a grid)."""
+    units = place.grid(dims, shape).reshape(-1)
+    return m.gathered([[int(u)] if u != NO_UNIT else [] for u in units]), Placement.grid_of(dims, shape)
 
 
 def _carrying(dims_out: list[int], out_shape: Sequence[int]) -> list[int]:
