@@ -166,3 +166,36 @@ def separated(values: np.ndarray) -> list[np.ndarray] | None:
     if not np.array_equal(np.where(lost_anywhere, 0, rebuilt), np.where(lost_anywhere, 0, values)):
         return None
     return tables
+
+
+@dataclass(frozen=True, eq=False)
+class Columns:
+    """Placements read on the distinct columns of their tables: along each dim, the indices where
+    every placement has the same entry are one index (a token dim of 25,089 indices and 57 rows of
+    the image is 57 indices). What is true of the reduced indices is true of the indices they
+    stand for, so costly work (a merge spelled out, a compaction) runs on the reduced ones."""
+
+    sizes: dict[int, int]  # dim -> distinct columns
+    places: tuple[Placement, ...]  # on the reduced indices
+    inverse: dict[int, np.ndarray]  # dim -> the reduced index of each index
+
+    @classmethod
+    def of(
+        cls, places: Sequence[Placement], dims: Sequence[int], shape: Sequence[int] | Mapping[int, int]
+    ) -> Columns:
+        sizes, inverse = {}, {}
+        reduced: list[list[tuple[int, np.ndarray]]] = [[] for _ in places]
+        for d in sorted(dims):
+            columns = [p.table(d) for p in places]
+            stacked = np.stack([np.broadcast_to(c if c is not None else 0, (shape[d],)) for c in columns], axis=1)
+            _, first, back = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+            sizes[d], inverse[d] = len(first), back.reshape(-1)
+            for k, c in enumerate(columns):
+                if c is not None:
+                    reduced[k].append((d, np.broadcast_to(c, (shape[d],))[first]))
+        return cls(sizes, tuple(Placement(tuple(d for d, _ in r), tuple(t for _, t in r)) for r in reduced), inverse)
+
+    def expanded(self, place: Placement) -> Placement:
+        """A placement on the reduced indices, on the indices they stand for."""
+        pairs = zip(place.dims, place.tables)
+        return Placement.of([(d, t[self.inverse[d]] if d in self.inverse else t) for d, t in pairs])

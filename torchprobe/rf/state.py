@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from torchprobe.rf.axis import AxisMap
-from torchprobe.rf.placement import NO_UNIT, Placement
+from torchprobe.rf.placement import NO_UNIT, Columns, Placement
 from torchprobe.rf.support import Support, fused
 
 Rows = Sequence[Sequence[int]]
@@ -114,9 +114,18 @@ def reindexed(
 
 @lru_cache(maxsize=256)
 def _fewest_units(m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
-    """:func:`compacted` of an axis as it is; cached, since the pointwise ops between two layout
+    """:func:`compacted_on` an axis as it is; cached, since the pointwise ops between two layout
     ops hand the same axis on unchanged."""
-    return compacted(m, p.grid(p.dims, {d: len(t) for d, t in zip(p.dims, p.tables)}), p.dims, unchanged=p)
+    return compacted_on(m, p, {d: len(t) for d, t in zip(p.dims, p.tables)})
+
+
+def compacted_on(m: AxisMap, p: Placement, shape: Sequence[int] | Mapping[int, int]) -> tuple[AxisMap, Placement]:
+    """:func:`compacted` of the axis on placement ``p``, worked out on the distinct columns of its
+    tables (see :class:`~torchprobe.rf.placement.Columns`); ``(m, p)`` when no units merge."""
+    columns = Columns.of([p], p.dims, shape)
+    reduced = columns.places[0]
+    m_new, p_new = compacted(m, reduced.grid(p.dims, columns.sizes), p.dims, unchanged=reduced)
+    return (m, p) if p_new is reduced else (m_new, columns.expanded(p_new))
 
 
 def compacted(
@@ -194,8 +203,7 @@ def combined(m: AxisMap, p: Placement, dims: Sequence[int], shape: Sequence[int]
         base = sum(int(v[c]) for v, c in zip(values, combo))
         rows.append(np.unique(base + offsets).tolist())
     ranks = [np.where(table[d] == NO_UNIT, NO_UNIT, np.searchsorted(v, table[d])) for d, v in zip(rest, values)]
-    units = Placement.of([(d, r * s) for d, r, s in zip(rest, ranks, strides)]).grid(rest, shape)
-    return compacted(m.gathered(rows), units, rest)
+    return compacted_on(m.gathered(rows), Placement.of([(d, r * s) for d, r, s in zip(rest, ranks, strides)]), shape)
 
 
 def picked(m: AxisMap, p: Placement, dim: int, index: int, shape: Sequence[int]) -> tuple[AxisMap, Placement]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.rf.axis import AxisMap
-from torchprobe.rf.placement import NO_UNIT, Placement
+from torchprobe.rf.placement import NO_UNIT, Columns, Placement
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF, compacted, row_classes
 
 RULE_ENTRY_POINT_GROUP = "torchprobe.rf_rules"
@@ -171,13 +171,14 @@ def _merged_axis(
     dims = sorted({d for _, p in placed for d in p.dims})
     if _has_holes(finest):  # an index of no unit of the finest gains the others' units: spell out
         return (*_spelled_out(operands, dims, out_shape), set())
-    reference = finest.grid(dims, out_shape).reshape(-1)
+    columns = Columns.of([finest] + [p for _, p in operands], dims, out_shape)
+    reference = columns.places[0].grid(dims, columns.sizes).reshape(-1)
     maps = []
-    for m, p in operands:
+    for (m, p), reduced in zip(operands, columns.places[1:]):
         if not p.dims or p == finest:
             maps.append(m)
             continue
-        read = _as_function_of(reference, p.grid(dims, out_shape).reshape(-1), units)
+        read = _as_function_of(reference, reduced.grid(dims, columns.sizes).reshape(-1), units)
         if read is None:  # neither placement refines the other
             return (*_spelled_out(operands, dims, out_shape), set())
         maps.append(m.gathered(read))
@@ -195,7 +196,8 @@ def _spelled_out(
     has the same units for every index of the other dims are one unit from the start: the union is
     spelled out over those classes only (a window's query-key products, not every index)."""
     placed = [k for k, (_, p) in enumerate(operands) if p.dims]
-    grids = np.stack([operands[k][1].grid(dims, out_shape) for k in placed], axis=-1)
+    columns = Columns.of([operands[k][1] for k in placed], dims, out_shape)
+    grids = np.stack([p.grid(dims, columns.sizes) for p in columns.places], axis=-1)
     classes, firsts = [], []
     for k in range(len(dims)):
         first, inverse = row_classes(np.moveaxis(grids, k, 0).reshape(grids.shape[k], -1))
@@ -207,19 +209,22 @@ def _spelled_out(
     for column, k in enumerate(placed):
         flat[k] = flat[k].gathered([[int(u)] if u != NO_UNIT else [] for u in chosen[:, column]])
     strides = [math.prod(counts[k + 1 :]) for k in range(len(dims))]
-    units = Placement.of([(d, c * s) for d, c, s in zip(dims, classes, strides)]).grid(dims, out_shape)
-    return compacted(_union(flat, len(chosen)), units, dims)
+    units = Placement.of([(d, c * s) for d, c, s in zip(dims, classes, strides)]).grid(dims, columns.sizes)
+    m, p = compacted(_union(flat, len(chosen)), units, dims)
+    return m, columns.expanded(p)
 
 
 def _as_function_of(reference: np.ndarray, other: np.ndarray, units: int) -> list[list[int]] | None:
     """``rows[u]``: the unit of ``other`` at the indices where ``reference`` is unit ``u``, when
     that is one unit (``other`` is a function of ``reference``); else None."""
     rows: list[list[int]] = [[] for _ in range(units)]
-    pairs = np.unique(np.stack([reference, other], axis=1), axis=0)
-    pairs = pairs[pairs[:, 0] != NO_UNIT]
-    if len(np.unique(pairs[:, 0])) != len(pairs):
+    kept = reference != NO_UNIT
+    width = int(other.max(initial=0)) + 2  # other + 1 in [0, width): one integer per pair
+    pairs = np.unique(reference[kept] * width + other[kept] + 1)
+    firsts, seconds = np.divmod(pairs, width)
+    if len(np.unique(firsts)) != len(pairs):
         return None
-    for u, v in pairs.tolist():
+    for u, v in zip(firsts.tolist(), (seconds - 1).tolist()):
         rows[u] = [v] if v != NO_UNIT else []
     return rows
 
