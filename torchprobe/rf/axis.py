@@ -221,7 +221,7 @@ class AxisMap:
                 return AxisMap(p, even, lo[:p], hi[:p], self.size, len(rows), terms)
         tiles, shift = self._tiling()
         tiled = taps[None] + (np.arange(tiles) * self.units)[:, None, None]
-        spans = self._hulls(tiled.reshape(-1, taps.shape[1]), np.tile(mask, (tiles, 1)))
+        spans = self._hulls(tiled.reshape(tiles * len(taps), taps.shape[1]), np.tile(mask, (tiles, 1)))
         return AxisMap.from_table(spans, shift, self.size, len(rows), terms)
 
     def cumulative(self) -> AxisMap:

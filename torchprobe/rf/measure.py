@@ -84,6 +84,7 @@ def measure_receptive_field(
         nonlocal calls
         if calls == call:
             captured.append(output)
+            raise _Captured  # the rest of the forward cannot change this output
         calls += 1
 
     inputs = [torch.ones(s, dtype=torch.float64, requires_grad=True) for s in sizes]
@@ -91,6 +92,8 @@ def measure_receptive_field(
     try:
         with _AveragingMode(), torch.random.fork_rng(devices=[]):
             averaging(*inputs)
+    except _Captured:
+        pass
     finally:
         handle.remove()
     if not captured:
@@ -138,6 +141,10 @@ def _averaging_copy(model: nn.Module) -> nn.Module:
                 else:
                     param.fill_(1.0)
     return clone
+
+
+class _Captured(BaseException):  # not Exception: a model that catches those must not swallow it
+    """Ends the measurement's forward once the measured output exists."""
 
 
 class _AveragingMode(TorchFunctionMode):

@@ -2,7 +2,7 @@
 ``canvas[..., :h, :w].copy_(x)`` (torchvision's detection batching), ``x[:, :, 2:5] = y``. The
 written part is a *box* of the whole tensor: each of its dims walks one dim of the whole with a
 fixed step, every other dim of the whole stays at one index. The whole then holds the part's
-state inside the box and its own state outside it.
+state inside the box and its own state outside it, exactly.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from torchprobe.rf.placement import NO_UNIT, Placement
+from torchprobe.rf.placement import NO_UNIT, Columns, Placement
 from torchprobe.rf.rules.core import RuleContext, RuleResult, merge, reduce_dims, register_rf_rule
-from torchprobe.rf.state import RFState, TensorRF, UnknownRF
+from torchprobe.rf.state import RFState, TensorRF, UnknownRF, compacted
 
-MIXED_NOTE = ("a write into part of a tensor that already depended on the input is counted as "
-              "keeping what the written units held too, an over-estimate")
 SCATTERED_NOTE = ("a write through an index that is not a box of the tensor (a tensor or boolean index, "
                   "a strided view) is counted as reaching every unit, an over-estimate")
 
@@ -60,17 +58,15 @@ def box_of(part: torch.Tensor, whole: torch.Tensor) -> Box | None:
     return Box(shape, indices, source)
 
 
-def written(box: Box, old: TensorRF | None, part: TensorRF, part_shape: Sequence[int]) -> tuple[TensorRF, bool]:
-    """The whole's state once the box holds ``part`` (in the part's own dims); True when that is
-    exact (the whole read nothing before, or the box is all of it)."""
+def placed(box: Box, part: TensorRF, part_shape: Sequence[int]) -> TensorRF:
+    """The part's state on the whole's dims: its units inside the box, no unit outside it."""
     walked = set(box.source.values())
     carried = {d for p in part.places for d in p.dims}
     # the units outside the box along a dim are marked "no unit" on one axis: on the axes of
     # that dim when it carries some, else on the first axis
     unmarked = [b for b, i in box.indices.items() if len(i) < box.shape[b] and box.source[b] not in carried]
-    covered = [b for b, i in box.indices.items() if len(i) < box.shape[b]]
 
-    def placed(a: int, p: Placement) -> Placement:
+    def on_whole(a: int, p: Placement) -> Placement:
         # a dim of size 1 that the part keeps but the box does not walk adds its one entry
         constant = sum(int(t[0]) for k, t in zip(p.dims, p.tables) if k not in walked)
         tables: dict[int, np.ndarray] = {}
@@ -87,32 +83,47 @@ def written(box: Box, old: TensorRF | None, part: TensorRF, part_shape: Sequence
             tables[b] = np.where(tables[b] == NO_UNIT, NO_UNIT, tables[b] + constant)
         return Placement.of(sorted(tables.items()))
 
-    moved = TensorRF(part.axes, tuple(placed(a, p) for a, p in enumerate(part.places)), part.aligned)
-    if old is None or not covered:
-        return moved, True
-    union = merge([torch.empty(box.shape, device="meta")] * 2, [old, moved], box.shape)
-    assert isinstance(union, TensorRF)
-    return union, False
+    return TensorRF(part.axes, tuple(on_whole(a, p) for a, p in enumerate(part.places)), part.aligned)
+
+
+def overwritten(box: Box, old: TensorRF, new: TensorRF | None) -> TensorRF:
+    """The whole's state when the box now holds ``new`` (placed on the whole's dims; None: a
+    constant) and the rest still holds ``old``: spelled out on the distinct columns of both
+    placements and of the box, then compacted."""
+    covered = [b for b, i in box.indices.items() if len(i) < box.shape[b]]
+    inside = [Placement((b,), (np.isin(np.arange(box.shape[b]), box.indices[b]).astype(np.int64),)) for b in covered]
+    axes, places = [], []
+    for a, (m_old, p_old) in enumerate(zip(old.axes, old.places)):
+        m_new, p_new = (new.axes[a], new.places[a]) if new is not None else (m_old, Placement.nowhere())
+        dims = sorted(set(p_old.dims) | set(p_new.dims) | set(covered))
+        columns = Columns.of([p_old, p_new, *inside], dims, box.shape)
+        grids = [p.grid(dims, columns.sizes).reshape(-1) for p in columns.places]
+        within = np.logical_and.reduce([g == 1 for g in grids[2:]]) if inside else np.ones(len(grids[0]), bool)
+        reads_old = [[int(u)] if not w and u != NO_UNIT else [] for u, w in zip(grids[0], within)]
+        reads_new = [[int(u)] if w and u != NO_UNIT and new is not None else [] for u, w in zip(grids[1], within)]
+        union = m_old.gathered(reads_old).union(m_new.gathered(reads_new), len(within))
+        m, p = compacted(union, np.arange(len(within)).reshape([columns.sizes[d] for d in dims]), dims)
+        axes.append(m)
+        places.append(columns.expanded(p))
+    return TensorRF(tuple(axes), tuple(places), old.aligned and (new is None or new.aligned))
 
 
 def into(whole: torch.Tensor, old: RFState | None, part: torch.Tensor, state: RFState | None,
          box: Box | None, notes: list[str]) -> RFState | None:
     """The state of ``whole`` once its part ``part`` (at ``box``, None: somewhere unknown) holds
-    ``state``; the notes of an over-estimate go to ``notes``."""
-    if state is None or isinstance(old, UnknownRF):
-        if old is not None and state is None:
-            notes.append(MIXED_NOTE)  # what the written units held is gone, but counted
-        return old
-    if isinstance(state, UnknownRF):
-        return state
+    ``state``; the note of an over-estimate goes to ``notes``."""
+    if isinstance(old, UnknownRF) or isinstance(state, UnknownRF):
+        return old if isinstance(old, UnknownRF) else state
     if box is None:
+        if state is None:
+            return old
         notes.append(SCATTERED_NOTE)
         everything = reduce_dims(state, tuple(part.shape), list(range(-part.dim(), 0)), keepdim=False)
         return merge([whole, whole], [old, everything], tuple(whole.shape))
-    new, exact = written(box, old, state, tuple(part.shape))
-    if not exact:
-        notes.append(MIXED_NOTE)
-    return new
+    new = placed(box, state, tuple(part.shape)) if state is not None else None
+    if old is None or all(len(i) == box.shape[b] for b, i in box.indices.items()):
+        return new
+    return overwritten(box, old, new)
 
 
 @register_rf_rule("copy")
