@@ -85,7 +85,8 @@ EXACT: dict[str, Op] = {
 def test_a_visible_constant_index_is_exact(name: str) -> None:
     model = OpModel(EXACT[name]).eval()
     result = torchprobe.receptive_field(model, SIZE, device="cpu")
-    assert notes(result) == []
+    # a flat take puts both axes on one dim: the head conv says its pixel sets are products of hulls
+    assert all(name == "take_along_dim_flat" and "holds several input axes" in n for n in notes(result))
     assert compare(model, result) == (0, 0)
 
 

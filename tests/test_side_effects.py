@@ -394,7 +394,8 @@ def test_entry_point_leaves_no_trace(case_name: str, entry: str, device: str) ->
     torch.manual_seed(0)
     model = prepare(case.factory())
     before = Snapshot.take(model)
-    expect_failure = case.fails or (case.needs_values and device == "meta")
+    # the measurement's forward stops at the measured layer, before these models fail
+    expect_failure = (case.fails and entry != "measure") or (case.needs_values and device == "meta")
     if expect_failure:
         with pytest.raises(Exception) as info:
             call_entry_point(entry, model, case, device)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
 from torchprobe.engine.inputs import batch_sizes
 from torchprobe.engine.torch_utils import canonical_op_name, tensors_in
@@ -143,6 +144,12 @@ def _averaging_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
+def _in_float64(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+        return value.double()
+    return value
+
+
 class _Captured(BaseException):  # not Exception: a model that catches those must not swallow it
     """Ends the measurement's forward once the measured output exists."""
 
@@ -152,7 +159,7 @@ class _AveragingMode(TorchFunctionMode):
     activations as the identity (in-place ones too: the input comes back unchanged)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
-        kwargs = kwargs or {}
+        args, kwargs = tree_map(_in_float64, (args, kwargs or {}))  # tensors the model makes (RAFT's grid) too
         name, inplace = canonical_op_name(func)
         if name in PASSED_THROUGH:
             return args[0] if args else kwargs["input"]

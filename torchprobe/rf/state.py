@@ -87,9 +87,11 @@ class TensorRF:
         def step(_a: int, m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
             if dim not in p.dims:
                 return m, p
-            if p.dims == (dim,):
-                m, p = sole(m, p)
-                return (geometry(m) if geometry else m.gathered(rows())), Placement.on(dim, shapes[1][dim])
+            marks = [(d, t) for d, t in zip(p.dims, p.tables) if d != dim]
+            if all(np.isin(t, (0, NO_UNIT)).all() for _, t in marks):  # the other dims only mark "no unit"
+                m, _ = sole(m, Placement.of([(dim, p.tables[p.dims.index(dim)])]))
+                m = geometry(m) if geometry else m.gathered(rows())
+                return m, Placement.of([(dim, np.arange(shapes[1][dim])), *marks])
             return along_shared(m, p, dim, shapes, rows())
 
         return self.map_axes(step)
@@ -148,8 +150,8 @@ def compacted(
         classes.append(rank[inverse.reshape(-1)])
         firsts.append(first[order])
         counts.append(len(order))
-    if unchanged is not None and counts == list(units.shape):
-        return m, unchanged  # no two indices alike: the placement is already the fewest units
+    if unchanged is not None and counts == list(units.shape) and len(np.unique(units[units != NO_UNIT])) == m.units:
+        return m, unchanged  # no two indices alike and every unit used: already the fewest units
     strides = [int(np.prod(counts[k + 1 :])) for k in range(len(dims))]
     rows_of_units: list[list[int]] = []
     for combo in np.ndindex(*counts):

@@ -267,7 +267,7 @@ def spatial(
         shape[d] = out_shape[d]
         if not any(d in p.dims for p in state.places):
             continue
-        if any(d in p.dims and len(p.dims) > 1 for p in state.places):
+        if _shared(state.places, d):
             ctx.note(SHARED_NOTE.format(op=ctx.name))
 
         def rows(i: int = i, d: int = d) -> list[list[int]]:
@@ -279,6 +279,14 @@ def spatial(
 
         state = state.along(d, (before, tuple(shape)), rows, on_map)
     return state
+
+
+def _shared(places: Sequence[Placement], dim: int) -> bool:
+    """Does ``dim`` hold several axes, or one that other dims address too (not only mark
+    indices without a unit)?"""
+    on = [p for p in places if dim in p.dims]
+    return len(on) > 1 or any(not np.isin(t, (0, NO_UNIT)).all() for p in on for d, t in zip(p.dims, p.tables)
+                              if d != dim)
 
 
 def per_axis(value: Any, n: int) -> tuple[int, ...]:

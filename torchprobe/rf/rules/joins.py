@@ -35,7 +35,7 @@ def cat(ctx: RuleContext) -> RuleResult:
         ctx.note(SHARED_CAT_NOTE)
         along = []
     if not along:
-        return merge(tensors, states, out_shape)
+        return _marked(merge(tensors, states, out_shape), tensors, states, dim)
     # the other axes merge as usual; the axes along ``dim`` list the operands' units one after the other
     rest = merge(tensors, [_detached(s, along) if isinstance(s, TensorRF) else s for s in states], out_shape)
     assert isinstance(rest, TensorRF)  # carried is not empty and nothing is unknown
@@ -67,6 +67,16 @@ def _concatenated(
         offset += m.units
     size = next(m.size for m, _ in parts if m is not None)
     return AxisMap.concatenated(parts, size), Placement.of([(dim, np.concatenate(tables))])
+
+
+def _marked(state: RFState | None, tensors: Sequence[torch.Tensor], states: Sequence[RFState | None],
+            dim: int) -> RFState | None:
+    """A merge along the batch dim in which some parts read nothing (the second frame of an
+    optical-flow pair batched with the first): their indices hold no unit of any axis."""
+    if not isinstance(state, TensorRF) or all(s is not None for s in states) or dim != -tensors[0].dim():
+        return state  # channels are not told apart one by one: a part that reads nothing merges
+    mark = np.concatenate([np.full(t.shape[dim], 0 if s is not None else NO_UNIT) for t, s in zip(tensors, states)])
+    return state.map_axes(lambda _a, m, p: (m, Placement.of([*zip(p.dims, p.tables), (dim, mark)])))
 
 
 def _detached(state: TensorRF, axes: Sequence[int]) -> TensorRF:
