@@ -194,3 +194,33 @@ def test_a_scattered_write_is_noted() -> None:
     result = torchprobe.receptive_field(model, SIZE)
     assert any("not a box of the tensor" in n for n in notes(result))
     assert compare(model, result)[0] == 0
+
+
+SCATTERS: dict[str, Op] = {
+    "index_put": lambda m, x: x.new_zeros(1, 4, 12, 14).index_put_(
+        (torch.tensor([0]), torch.tensor([1]), torch.tensor([3]), torch.tensor([5])), x[0, 0, 0, 0]),
+    "scatter": lambda m, x: x.new_zeros(1, 4, 12, 14).scatter_(
+        2, m.index.view(1, 1, 7, 1).expand(1, 4, 7, 14), x[:, :, :7]),
+    "index_add": lambda m, x: x.new_zeros(1, 4, 12, 14).index_add_(2, m.index, x[:, :, :7]),
+}
+
+
+@pytest.mark.parametrize("name", SCATTERS)
+def test_a_write_at_tensor_held_indices_is_noted_and_contains_the_truth(name: str) -> None:
+    model = OpModel(SCATTERS[name]).eval()
+    result = torchprobe.receptive_field(model, SIZE)
+    assert any("not a box of the tensor" in n for n in notes(result))
+    assert result.layer("head").unknown is None
+    assert compare(model, result)[0] == 0
+
+
+def test_repeat_interleave_with_a_count_per_unit() -> None:
+    counts = torch.tensor([2, 0, 1, 3, 1, 1, 2, 0, 1, 1])
+    model = OpModel(lambda m, x: x.repeat_interleave(counts, dim=2)).eval()
+    exact = torchprobe.receptive_field(model, SIZE, device="cpu")
+    assert notes(exact) == []
+    assert compare(model, exact) == (0, 0)
+    from_input = OpModel(lambda m, x: x.repeat_interleave((x[0, 0, :, 0] > 0).long() + 1, dim=2)[:, :, :10]).eval()
+    hidden = torchprobe.receptive_field(from_input, SIZE, device="cpu")
+    assert hidden.layer("head").is_global == (True, False)
+    assert any("repeat_interleave repeats each unit" in n for n in notes(hidden))

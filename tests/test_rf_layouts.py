@@ -505,3 +505,26 @@ def test_channels_last_layout_names_its_axes() -> None:
     result = check_case(case, random.Random(0), rows=1, units=4)
     assert result.axis_names == ("H", "W")
     assert result.output.span((1, 2)) == ((2, 4), (4, 6))
+
+
+def test_is_causal_is_trusted_for_a_mask_the_meta_pass_cannot_see() -> None:
+    """``TransformerEncoderLayer(x, mask, is_causal=True)`` on meta: the mask is meta too, but
+    ``is_causal`` says it is the causal one (PyTorch trusts the hint as well): token ``t`` sees
+    tokens ``0 .. t`` with no note, as the measurement (on real values) says."""
+
+    class Causal(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1], device=x.device)
+            return self.layer(x, mask, is_causal=True)
+
+    model = Causal().eval()
+    result = torchprobe.receptive_field(model, (10, 16), layout="LC", device="meta")
+    assert result.diagnostics == ()
+    out = result.output
+    for token in (0, 4, 9):
+        truth = torchprobe.measure_receptive_field(model, (10, 16), "", (token,), layout="LC", unit_dims=(1,)).spans
+        assert out.span(unit_at(out, {1: token})) == truth == ((0, token),)

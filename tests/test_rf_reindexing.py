@@ -47,10 +47,3 @@ def test_every_unit_matches_the_measurement(name: str) -> None:
     result = torchprobe.receptive_field(model, (1, 7, 8))
     assert result.diagnostics == (), [str(n) for n in result.diagnostics]
     assert_every_unit_matches(model, (1, 7, 8))
-
-
-def test_repeat_interleave_with_a_count_per_unit_says_so() -> None:
-    model = Between(lambda x: x.repeat_interleave(torch.tensor([1, 2, 1, 1, 1, 1, 1]), dim=2))
-    result = torchprobe.receptive_field(model, (1, 7, 8), device="cpu")
-    assert [n.code for n in result.diagnostics] == ["unsupported"]
-    assert "repeat_interleave" in result.diagnostics[0].op

@@ -38,7 +38,8 @@ The rules by family (``coverage()`` gives the same table from the registry; a te
   split, split_with_sizes, squeeze, swapaxes, swapdims, t, tensor_split, tile, transpose, unbind, unflatten,
   unsqueeze, view, view_as
 - ``gathers``: gather, getitem, grid_sample, index_select, take_along_dim
-- ``writes``: copy, fill, setitem, zero
+- ``writes``: copy, fill, index_add, index_copy, index_fill, index_put, index_reduce, masked_scatter, put,
+  scatter, scatter_add, scatter_reduce, setitem, zero
 """
 
 from torchprobe.rf.rules import attention, elementwise, gathers, joins, layout, reductions, resample, sliding, writes

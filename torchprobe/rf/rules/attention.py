@@ -92,7 +92,8 @@ def allowed_keys(mask: torch.Tensor | None, causal: bool, queries: int, keys: in
     if mask is None:
         return allowed
     if mask.device.type == "meta":
-        ctx.note(MASK_NOTE)
+        if not causal:  # is_causal says the mask is the causal one: trusted, as PyTorch does
+            ctx.note(MASK_NOTE)
         return allowed
     values = mask.detach().cpu()
     lets = (~values if hides else values) if values.dtype == torch.bool else values > float("-inf")
@@ -145,7 +146,8 @@ def multi_head_attention(ctx: RuleContext) -> RuleResult:
     batched = query.dim() == 3
     seq = -3 if batched else -2
     mask, padding = ctx.arg(16, "attn_mask"), ctx.arg(14, "key_padding_mask")
-    allowed = allowed_keys(mask, False, query.shape[0], key.shape[0], hides=True, ctx=ctx)
+    causal = bool(ctx.arg(24, "is_causal", False))
+    allowed = allowed_keys(mask, causal, query.shape[0], key.shape[0], hides=True, ctx=ctx)
     if padding is not None:
         allowed = _padding_applied(allowed, padding, query.shape[0], key.shape[0], ctx)
     output = attend(ctx, query, [key, value], seq, allowed, tuple(ctx.output[0].shape))

@@ -282,14 +282,27 @@ def repeat(ctx: RuleContext) -> RuleResult:
     return read_along(ctx, tiled)
 
 
+COUNTS_NOTE = ("repeat_interleave repeats each unit as many times as a tensor of counts says, and those are "
+               "not visible (meta device, or computed from the input): every unit along the dim is counted")
+
+
 @register_rf_rule("repeat_interleave")
 def repeat_interleave(ctx: RuleContext) -> RuleResult:
-    """Each unit ``r`` times in a row: unit ``o`` is unit ``o // r``."""
+    """Each unit ``r`` times in a row: unit ``o`` is unit ``o // r``; with a count per unit, the
+    unit whose run holds ``o``."""
     repeats, dim = ctx.arg(1, "repeats"), ctx.arg(2, "dim")
     if isinstance(repeats, torch.Tensor) and repeats.numel() == 1 and repeats.device.type != "meta":
         repeats = int(repeats)
     if dim is None:
         return UnknownRF("repeat_interleave without dim (flattened)", "")
-    if not isinstance(repeats, int):
-        return UnknownRF("repeat_interleave with a repeat count per unit", "")
-    return read_along(ctx, [(dim, lambda _n, out: [[o // repeats] for o in range(out)], None)])
+    if isinstance(repeats, int):
+        return read_along(ctx, [(dim, lambda _n, out: [[o // repeats] for o in range(out)], None)])
+    state = ctx.input_state
+    if repeats.device.type == "meta" or ctx.state_of(repeats) is not None:
+        if isinstance(state, TensorRF):
+            ctx.note(COUNTS_NOTE)
+            return state.reduced_over([dim % ctx.input.dim() - ctx.input.dim()], tuple(ctx.input.shape))
+        return state
+    counts = repeats.detach().cpu().long().numpy()
+    owners = np.repeat(np.arange(len(counts)), counts)  # the unit each output index repeats
+    return read_along(ctx, [(dim, lambda _n, _out: [[int(u)] for u in owners], None)])

@@ -156,3 +156,17 @@ def setitem(ctx: RuleContext) -> RuleResult:
     items = index if isinstance(index, tuple) else (index,)
     basic = not any(isinstance(i, (torch.Tensor, list, bool)) for i in items)  # else a copy, not a view
     return into(x, ctx.state_of(x), part, state, box_of(part, x) if basic else None, ctx.notes)
+
+
+@register_rf_rule("index_put", "index_add", "index_copy", "index_fill", "index_reduce", "scatter", "scatter_add",
+                  "scatter_reduce", "masked_scatter", "put")
+def scattered(ctx: RuleContext) -> RuleResult:
+    """Writes at indices held in a tensor (``x[idx] = v`` through ``index_put_``, ``scatter_``):
+    every unit of ``x`` may now hold any written value, an over-estimate that is noted."""
+    x = ctx.input
+    sources = [t for t in ctx.tensors[1:] if t.is_floating_point() or t.is_complex()]  # the values, not the indices
+    written = [reduce_dims(ctx.state_of(t), tuple(t.shape), list(range(-t.dim(), 0)), keepdim=False)
+               for t in sources if ctx.state_of(t) is not None]
+    if written:
+        ctx.note(SCATTERED_NOTE)
+    return merge([x] * (1 + len(written)), [ctx.state_of(x), *written], ctx.out_shape)
