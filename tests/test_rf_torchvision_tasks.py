@@ -1,11 +1,14 @@
-"""Receptive fields of torchvision's transformers and hybrids against the gradient measurement.
+"""Receptive fields of torchvision beyond the classifiers, against the gradient measurement.
 
-``vit_b_16`` (image 64), ``swin_t`` (112), ``maxvit_t`` (224), the backbone of
-``ssdlite320_mobilenet_v3_large`` (160) and ``raft_small`` (two 128 x 128 frames): no row is
-unknown and no rule is missing or failed; at a few layers chosen where the units are still local
-(patch tokens, windows, blocks, the encoders of RAFT, and RAFT's flow), the first, middle and
-last unit (``LayerRF.unit_dims``) equal ``measure_receptive_field``. The measurement stops its
-forward at the measured layer, so early layers are cheap; the layers are sampled, not swept.
+Transformers and hybrids (``vit_b_16`` at image 64, ``swin_t``, ``maxvit_t``), video models
+(``r3d_18``, ``swin3d_t``, ``mvit_v2_s``, ``s3d``: layout C + DHW), segmentation
+(``lraspp_mobilenet_v3_large``, ``fcn_resnet50``), the backbone of the detector
+``ssdlite320_mobilenet_v3_large`` and the optical-flow ``raft_small`` (two frames), at small
+inputs: no row is unknown and no rule is missing or failed; at a few layers chosen where the units
+are still local (patch tokens, windows, blocks, encoders, and the models' own dense outputs), the
+first, middle and last unit (``LayerRF.unit_dims``) equal ``measure_receptive_field``. The
+measurement stops its forward at the measured layer, so early layers are cheap; layers are sampled,
+not swept (``s3d`` is only checked for unknown rows: its float64 forward is the slowest).
 """
 
 from __future__ import annotations
@@ -32,17 +35,25 @@ class Case:
 
 CASES = {
     "vit_b_16": Case(lambda: models.vit_b_16(image_size=64), ((3, 64, 64),),
-                     ("conv_proj", "encoder.dropout", "encoder.layers.encoder_layer_0.ln_1")),
-    "swin_t": Case(models.swin_t, ((3, 112, 112),), ("features.0", "features.1.0.attn", "features.1.1", "features.2")),
+                     ("encoder.dropout", "encoder.layers.encoder_layer_0.ln_1")),
+    "swin_t": Case(models.swin_t, ((3, 112, 112),), ("features.1.0.attn", "features.2")),
     "maxvit_t": Case(models.maxvit_t, ((3, 224, 224),),
-                     ("stem", "blocks.0.layers.0.layers.MBconv",
-                      "blocks.0.layers.0.layers.window_attention.partition_op",
+                     ("blocks.0.layers.0.layers.window_attention.partition_op",
                       "blocks.0.layers.0.layers.window_attention.attn_layer")),
     "ssdlite320_mobilenet_v3_large": Case(
         lambda: models.detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).backbone,
-        ((3, 160, 160),), ("features.0.1", "features.0.4", "features.0.7")),
+        ((3, 160, 160),), ("features.0.4", "features.0.7")),
+    "r3d_18": Case(models.video.r3d_18, ((3, 8, 32, 32),), ("stem", "layer1")),
+    "swin3d_t": Case(models.video.swin3d_t, ((3, 8, 64, 64),), ("patch_embed", "features.0.0.attn")),
+    "mvit_v2_s": Case(models.video.mvit_v2_s, ((3, 16, 224, 224),), ("blocks.0.norm1",)),
+    "s3d": Case(models.video.s3d, ((3, 16, 224, 224),), ()),
+    "lraspp_mobilenet_v3_large": Case(
+        lambda: models.segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None), ((3, 64, 64),),
+        ("backbone.1", "")),
+    "fcn_resnet50": Case(lambda: models.segmentation.fcn_resnet50(weights=None, weights_backbone=None),
+                         ((3, 64, 64),), ("backbone.layer1", "")),
     "raft_small": Case(lambda: models.optical_flow.raft_small(weights=None), ((3, 128, 128), (3, 128, 128)),
-                       ("feature_encoder.layer1", "feature_encoder", "context_encoder.layer2", "")),
+                       ("feature_encoder", "context_encoder.layer2", "")),
 }
 
 
