@@ -528,3 +528,12 @@ def test_is_causal_is_trusted_for_a_mask_the_meta_pass_cannot_see() -> None:
     for token in (0, 4, 9):
         truth = torchprobe.measure_receptive_field(model, (10, 16), "", (token,), layout="LC", unit_dims=(1,)).spans
         assert out.span(unit_at(out, {1: token})) == truth == ((0, token),)
+
+
+def test_a_residual_around_global_attention_is_not_a_misaligned_merge() -> None:
+    """``x + attention(x)``: every attended token sees the whole sequence (jump 0), which
+    broadcasts over ``x``'s grid; that is no merge of misaligned branches (no ``!``)."""
+    model = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
+    result = torchprobe.receptive_field(model, (10, 16), layout="LC")
+    assert all(layer.aligned for layer in result.layers)
+    assert result.output.is_global == (True,)

@@ -161,7 +161,7 @@ def _merged_axis(
     them: theirs when they agree, the finest when the others' units are functions of its units
     (attention's query tokens and the window their keys fill), else every index spelled out."""
     placed = [(m, p) for m, p in operands if p.dims]
-    grids = {(m.jump, m.start) for m, _ in placed}
+    grids = {(m.jump, m.start) for m, _ in placed if m.shift or m.period > 1}  # every unit alike: a broadcast
     if not placed:
         return _union([m for m, _ in operands], 1), Placement.nowhere(), grids
     units, finest = max(((m.units, p) for m, p in placed), key=lambda pair: pair[0])
