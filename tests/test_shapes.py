@@ -189,3 +189,24 @@ def test_rendering(golden, name: str, run) -> None:
 
 def test_rendering_of_the_lenet_failure(golden) -> None:
     golden("trace_lenet_fc1_mismatch.txt", str(failure(LeNet(), (1, 32, 32))))
+
+
+class TokenConvs(nn.Module):
+    """(B, L, C) tokens -> two Conv1d(k=5) along the tokens: at least 9 tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv1d(8, 8, 5), nn.Conv1d(8, 8, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x.transpose(1, 2))
+
+
+def test_too_small_searches_the_axes_of_the_layout() -> None:
+    """With layout LC the smallest input is searched along the tokens, not the features."""
+    with pytest.raises(torchprobe.ShapeError) as info:
+        torchprobe.trace(TokenConvs(), (4, 8), layout="LC")
+    d = info.value.diagnosis
+    assert d.kind == "too_small" and "at least 9 (per spatial axis)" in d.expected
+    with pytest.raises(torchprobe.UsageError, match="layout"):
+        torchprobe.trace(TokenConvs(), (4, 8), layout="LCX")

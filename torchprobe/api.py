@@ -91,15 +91,19 @@ def trace(
     kwargs: Mapping[str, Any] | None = None,
     ops: bool = False,
     device: str = "auto",
+    layout: LayoutArg = None,
 ) -> ShapeTrace:
     """Every module call (and with ``ops=True`` every functional op of a composite module) with
     the shapes and dtypes of all its inputs and outputs.
 
     When the forward fails, raises :class:`torchprobe.ShapeError` (chained from the original
     error) whose message holds the table up to the failure and a diagnosis: the module, what it
-    expected, what it received, which call produced that, and the fix.
+    expected, what it received, which call produced that, and the fix. A model too small for its
+    input is told the smallest size per spatial axis of input 0's ``layout`` (``"LC"``: tokens).
     """
     inputs = model_inputs(input_size, input_data)
+    shapes_in = [_shape_of(x)[1:] for x in inputs]
+    spatial = [1 + d for d in input_layout(layout, shapes_in, 0).spatial] if inputs else []
     probe = ShapeProbe(ops=ops)
     shapes = tuple(describe(torch.empty(x, device="meta") if isinstance(x, torch.Size) else x) for x in inputs)
     try:
@@ -107,7 +111,8 @@ def trace(
     except ForwardError as error:
         cause = error.__cause__ or error
         sizes = [x for x in inputs if isinstance(x, torch.Size)]
-        smallest = (lambda: smallest_input_size(model, inputs, 0, kwargs)) if len(sizes) == len(inputs) else None
+        smallest = ((lambda: smallest_input_size(model, inputs, 0, kwargs, spatial))
+                    if len(sizes) == len(inputs) else None)
         diagnosis = diagnose(cause, probe.failed_stack, probe.failed_op, probe.producer_of, smallest)
         partial = ShapeTrace(shapes, tuple(probe.result()), "meta", None, diagnosis)
         headline = f"{diagnosis.module or '(model)'} ({diagnosis.module_type}): {diagnosis.fix}"

@@ -80,6 +80,7 @@ def trace(
     as_json: AsJson = False,
     ops: Annotated[bool, typer.Option("--ops", help="Also list functional ops called in composite modules.")] = False,
     depth: Depth = None,
+    layout: Layouts = None,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:
@@ -88,7 +89,7 @@ def trace(
     def run() -> None:
         model, sizes = _model_and_sizes(spec, kwargs, inputs)
         try:
-            result = api.trace(model, sizes, ops=ops, device=_device(device))
+            result = api.trace(model, sizes, ops=ops, device=_device(device), layout=_layout(layout))
         except ShapeError as failure:
             partial = failure.trace
             _show(partial, as_json, lambda: trace_table(partial, depth=depth))

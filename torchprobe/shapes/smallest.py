@@ -24,24 +24,30 @@ def smallest_input_size(
     sizes: Sequence[torch.Size],
     index: int = 0,
     kwargs: Mapping[str, Any] | None = None,
+    spatial_dims: Sequence[int] | None = None,
 ) -> tuple[int, ...] | None:
-    """Per spatial axis of input ``index``, the least size for which no layer runs out of input
-    (other failures do not count: they are not about size). None if nothing up to 32768 fits."""
+    """Per spatial axis of input ``index`` (its dims ``spatial_dims``, batch included; default: all
+    after the channel dim), the least size for which no layer runs out of input (other failures do
+    not count: they are not about size). None if nothing up to 32768 fits."""
     base = sizes[index]
-    n_axes = len(base) - 2
+    dims = list(range(2, len(base))) if spatial_dims is None else list(spatial_dims)
+    n_axes = len(dims)
     if n_axes < 1:
         return None
 
     def fits(spatial: Sequence[int]) -> bool:
         trial = list(sizes)
-        trial[index] = torch.Size((*base[:2], *spatial))
+        shape = list(base)
+        for d, n in zip(dims, spatial):
+            shape[d] = n
+        trial[index] = torch.Size(shape)
         try:
             Tracer(model, []).run(trial, kwargs)
         except ForwardError as error:
             return not is_too_small(error.__cause__ or error)
         return True
 
-    upper = max(base[2:])
+    upper = max(base[d] for d in dims)
     while not fits([upper] * n_axes):
         upper *= 2
         if upper > SEARCH_LIMIT:
