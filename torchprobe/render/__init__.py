@@ -14,7 +14,7 @@ from torchprobe.render.failures import failure_report
 from torchprobe.render.rf import rf_table
 from torchprobe.render.shapes import trace_table
 from torchprobe.render.summary import summary_table
-from torchprobe.render.text import RENDER_WIDTH, render_text
+from torchprobe.render.text import RENDER_WIDTH, render_html, render_text
 from torchprobe.rf.result import RFResult
 from torchprobe.shapes.result import ShapeTrace
 from torchprobe.stats.result import ModelSummary
@@ -34,5 +34,6 @@ def renderable(result: Any) -> Any:
 
 
 __all__ = [
-    "RENDER_WIDTH", "failure_report", "plots", "render_text", "renderable", "rf_table", "summary_table", "trace_table",
+    "RENDER_WIDTH", "failure_report", "plots", "render_html", "render_text", "renderable", "rf_table", "summary_table",
+    "trace_table",
 ]

@@ -64,3 +64,14 @@ def render_text(renderable: Any, width: int = RENDER_WIDTH) -> str:
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, record=True)
     console.print(renderable)
     return console.export_text()
+
+
+HTML_FORMAT = ('<pre style="font-family: Menlo, \'DejaVu Sans Mono\', Consolas, monospace; line-height: 1.25; '
+               'white-space: pre;">{code}</pre>')
+
+
+def render_html(renderable: Any, width: int = RENDER_WIDTH) -> str:
+    """The same table as an HTML fragment with inline colours (a notebook cell's output)."""
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor", record=True)
+    console.print(renderable)
+    return console.export_html(inline_styles=True, code_format=HTML_FORMAT)

@@ -1,0 +1,39 @@
+"""Results in notebooks: IPython's display formatter shows every result type as the same table,
+as HTML (``_repr_html_``) and as plain text (``_repr_pretty_``), instead of a dataclass dump."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+import torch
+from IPython.core.formatters import DisplayFormatter
+
+import torchprobe
+from mnist_demo.model import Net
+
+
+def results() -> dict[str, object]:
+    analyzer = torchprobe.FailureAnalyzer(3)
+    analyzer.update(torch.tensor([[2.0, 0.1, 0.3], [0.2, 0.1, 3.0], [0.1, 2.5, 0.3]]), torch.tensor([0, 1, 1]))
+    return {
+        "rf": torchprobe.receptive_field(Net(), (1, 28, 28)),
+        "summary": torchprobe.summary(Net(), (1, 28, 28)),
+        "trace": torchprobe.trace(Net(), (1, 28, 28)),
+        "failures": analyzer,
+    }
+
+
+RESULTS = results()
+
+
+@pytest.mark.parametrize("name", RESULTS)
+def test_a_notebook_shows_the_table(name: str) -> None:
+    result = RESULTS[name]
+    data, _ = DisplayFormatter().format(result)
+    assert data["text/plain"] == str(result)  # the table, not the dataclass
+    shown = html.unescape(re.sub(r"<[^>]+>", "", data["text/html"]))
+    assert data["text/html"].startswith("<pre") and "<span style=" in data["text/html"]  # rich's styles, inline
+    first_line = str(result).strip().splitlines()[0].strip()
+    assert first_line in shown, f"{first_line!r} not in the HTML"
