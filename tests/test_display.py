@@ -37,3 +37,23 @@ def test_a_notebook_shows_the_table(name: str) -> None:
     assert data["text/html"].startswith("<pre") and "<span style=" in data["text/html"]  # rich's styles, inline
     first_line = str(result).strip().splitlines()[0].strip()
     assert first_line in shown, f"{first_line!r} not in the HTML"
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_no_number_is_cut_in_a_narrow_terminal(width: int) -> None:
+    """Words wrap, numbers stay whole; optional columns go when the numbers alone do not fit
+    (a line says which), never a digit cut with an ellipsis."""
+    from torchvision.models import resnet18
+
+    from torchprobe.render import render_text, rf_table, summary_table, trace_table
+
+    summary = torchprobe.summary(resnet18(), (3, 224, 224))
+    text = render_text(summary_table(summary, depth=1), width=width)
+    assert "…" not in text
+    for number in ("11,689,512", "3,628,146,688", "236,027,904", "8,393,728"):
+        assert number in text, f"{number} is cut at {width} columns:\n{text}"
+    assert max(len(line) for line in text.splitlines()) <= width
+    rf = render_text(rf_table(RESULTS["rf"]), width=width)
+    trace = render_text(trace_table(RESULTS["trace"]), width=width)
+    assert "…" not in rf and "…" not in trace
+    assert "44×44 global" in rf

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from torchprobe.render.text import axes_text, note_lines, number, pixels_text, shape_text
+from torchprobe.render.text import Fitted, axes_text, note_lines, number, numbers_whole, pixels_text, shape_text
 from torchprobe.rf.result import AxisStep, LayerRF, RFResult, RFStep
 
 
@@ -68,25 +68,31 @@ def _moves_axes(result: RFResult) -> bool:
 
 def rf_table(result: RFResult, depth: int | None = None) -> Group:
     axes = "".join(result.axis_names)
-    table = Table(title=f"Receptive field, input {shape_text(result.input_shape)}, axes {axes}", title_justify="left")
     show_units = _moves_axes(result)
-    columns = (("Layer", "left"), ("Type", "left"), ("Output shape", "left"),
-               ("RF", "right"), ("Jump", "right"), ("Start", "right")) + ((("Units", "left"),) if show_units else ())
-    for column, justify in columns:
-        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for layer in result.layers:
-        if depth is not None and layer.depth > depth:
-            continue
-        table.add_row(
-            "  " * layer.depth + layer.label + flags(layer),
-            layer.type if layer.kind == "module" else f"ƒ {layer.type}",
-            shape_text(layer.output_shape),
-            rf_cell(layer),
-            axes_text(layer.jump) if layer.known else "",
-            axes_text(layer.start, ", ") if layer.known else "",
-            *((units_cell(layer, result.axis_names),) if show_units else ()),
-        )
-    parts: list[Any] = [table, Text(verdict(result), style="bold")]
+    layers = [layer for layer in result.layers if depth is None or layer.depth <= depth]
+
+    def build(left_out: frozenset[str]) -> Table:
+        table = Table(title=f"Receptive field, input {shape_text(result.input_shape)}, axes {axes}",
+                      title_justify="left")
+        columns = (("Layer", "left"), ("Type", "left"), ("Output shape", "left"), ("RF", "right"),
+                   ("Jump", "right"), ("Start", "right")) + ((("Units", "left"),) if show_units else ())
+        kept = [(column, justify) for column, justify in columns if column not in left_out]
+        for column, justify in kept:
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for layer in layers:
+            cells = {
+                "Layer": "  " * layer.depth + layer.label + flags(layer),
+                "Type": layer.type if layer.kind == "module" else f"ƒ {layer.type}",
+                "Output shape": shape_text(layer.output_shape),
+                "RF": rf_cell(layer),
+                "Jump": axes_text(layer.jump) if layer.known else "",
+                "Start": axes_text(layer.start, ", ") if layer.known else "",
+                "Units": units_cell(layer, result.axis_names) if show_units else "",
+            }
+            table.add_row(*(cells[column] for column, _ in kept))
+        return numbers_whole(table, ("RF", "Jump", "Start", "Units"))
+
+    parts: list[Any] = [Fitted(build, ("Start", "Units", "Jump")), Text(verdict(result), style="bold")]
     if any(not layer.uniform for layer in result.layers):
         parts.append(Text("* non-uniform: units differ in span; RF is the widest, start is unit 0's", style="dim"))
     if any(not layer.aligned for layer in result.layers):

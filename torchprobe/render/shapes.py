@@ -18,7 +18,7 @@ def trace_table(trace: ShapeTrace, depth: int | None = None) -> Group:
     title = "Shape trace" + (" (failed)" if trace.failed else "")
     table = Table(title=title, title_justify="left")
     for column in ("Layer", "Type", "Input", "Output"):
-        table.add_column(column, no_wrap=column in ("Layer", "Type"), overflow="fold")
+        table.add_column(column, overflow="fold")  # every column wraps: a shape is never cut
     for row in trace.rows:
         if depth is not None and row.depth > depth:
             continue

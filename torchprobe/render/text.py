@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.table import Table
 from rich.text import Text
 
 from torchprobe.notes import Note
@@ -75,3 +76,49 @@ def render_html(renderable: Any, width: int = RENDER_WIDTH) -> str:
     console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor", record=True)
     console.print(renderable)
     return console.export_html(inline_styles=True, code_format=HTML_FORMAT)
+
+
+class Fitted:
+    """A table that fits the width it is printed at: words wrap, numbers are never cut (see
+    :func:`numbers_whole`); when the numbers alone are too wide, the ``optional`` columns go,
+    least important first, and a line says which."""
+
+    def __init__(self, build: Callable[[frozenset[str]], Table], optional: Sequence[str] = ()) -> None:
+        self.build = build  # the table without the columns named
+        self.optional = tuple(optional)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        left_out: list[str] = []
+        table = self.build(frozenset())
+        for column in self.optional:
+            if _needed(table) <= options.max_width:
+                break
+            left_out.append(column)
+            table = self.build(frozenset(left_out))
+        yield table
+        if left_out:
+            yield Text(f"(left out to fit {options.max_width} characters: {', '.join(left_out)})", style="dim")
+
+
+TEXT_WIDTH = 16  # what a column of words is given before optional columns go, if its words are longer
+
+
+def _needed(table: Table) -> int:
+    """Characters the table needs: numbers whole, words at up to TEXT_WIDTH a line, the borders."""
+    width = 1
+    for column in table.columns:
+        longest = max([len(str(cell)) for cell in column.cells] + [len(str(column.header))])
+        width += 3 + (column.min_width or longest if column.no_wrap else min(longest, TEXT_WIDTH))
+    return width
+
+
+def numbers_whole(table: Table, numeric: Iterable[str]) -> Table:
+    """Columns named in ``numeric`` keep their widest cell whole; the others wrap their words."""
+    numeric = set(numeric)
+    for column in table.columns:
+        cells = [str(cell) for cell in column.cells] + [str(column.header), str(column.footer or "")]
+        if column.header in numeric:
+            column.no_wrap, column.min_width = True, max(len(cell) for cell in cells)
+        else:
+            column.no_wrap, column.overflow = False, "fold"
+    return table
