@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from torchprobe.render.rf import rf_cell, rf_steps, verdict
-from torchprobe.render.text import Fitted, axes_text, count, human_bytes, note_lines, numbers_whole, shape_text
+from torchprobe.render.text import Fitted, axes_text, count, human_bytes, note_lines, numbers_whole, shape_text, si
 from torchprobe.shapes.tensors import desc_text
 from torchprobe.stats.result import ModelSummary
 
@@ -20,7 +20,7 @@ def summary_table(summary: ModelSummary, depth: int | None = None, debug: bool =
     lines = summary.lines(depth)
     rf_on = summary.rf is not None
     params, flops = summary.column_totals(lines)
-    footers = {"Layer": "Total", "Params": count(params), "FLOPs": count(flops)}
+    footers = {"Layer": "Total", "Params": count(params), "FLOPs": si(flops)}
 
     def build(left_out: frozenset[str]) -> Table:
         table = Table(title=f"Summary, input {shapes}", title_justify="left", show_footer=True)
@@ -33,7 +33,7 @@ def summary_table(summary: ModelSummary, depth: int | None = None, debug: bool =
             call = line.stats
             cells = {"Layer": "  " * call.depth + call.label, "Type": call.type, "Output shape": desc_text(call.output),
                      "Params": "(shared)" if line.shared else (count(line.params) if line.params else "-"),
-                     "FLOPs": count(line.flops) if line.flops else "-"}
+                     "FLOPs": si(line.flops) if line.flops else "-"}
             known = line.rf is not None and line.rf.known
             cells["RF"] = rf_cell(line.rf) if known and line.rf else ""
             cells["Jump"] = axes_text(line.rf.jump) if known and line.rf else ""
@@ -41,13 +41,15 @@ def summary_table(summary: ModelSummary, depth: int | None = None, debug: bool =
         return numbers_whole(table, ("Params", "RF", "Jump", "FLOPs"))
 
     uncalled = summary.uncalled_params
+    exact = f" ({count(summary.total_flops)})" if si(summary.total_flops) != str(summary.total_flops) else ""
     totals = [
         f"Parameters: {count(summary.total_params)} (trainable {count(summary.trainable_params)}, "
         f"frozen {count(summary.frozen_params)})"
         + (f", of which {count(uncalled)} in modules the forward never called" if uncalled else ""),
         f"Buffers: {count(summary.buffer_elements)} elements; size of parameters and buffers: "
         f"{human_bytes(summary.size_bytes)} ({count(summary.size_bytes)} bytes)",
-        f"FLOPs: {count(summary.total_flops)} for a batch of 1 (torch.utils.flop_counter)",
+        f"FLOPs: {si(summary.total_flops)}{exact} for a batch of 1; a multiply and an add count as two "
+        "(FLOPs = 2 x multiply-adds, torch.utils.flop_counter's convention)",
     ]
     parts: list[Any] = [Fitted(build, ("Jump", "RF")), *(Text(t) for t in totals)]
     if summary.rf is not None:

@@ -47,6 +47,14 @@ def count(n: int) -> str:
     return f"{n:,}"
 
 
+def si(n: int) -> str:
+    """A count with a unit: 9408 -> "9.41 k", 3628146688 -> "3.63 G" (under 1,000: as it is)."""
+    for unit, scale in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(n)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
