@@ -7,6 +7,7 @@ import torch
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import torchprobe
@@ -117,3 +118,51 @@ def test_summary_reports_the_seed_net_rf() -> None:
 )
 def test_rendering(golden, name: str, make, kwargs: dict) -> None:
     golden(f"summary_{name}.txt", render_text(summary_table(make(), **kwargs)))
+
+
+class ParameterListModel(nn.Module):
+    """Parameters in a ParameterList and a submodule used through ``.weight``, never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scales = nn.ParameterList([nn.Parameter(torch.ones(4)) for _ in range(3)])
+        self.proj = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for scale in self.scales:
+            x = x * scale
+        return torch.nn.functional.linear(x, self.proj.weight, self.proj.bias)
+
+
+@pytest.mark.parametrize("factory", [
+    lambda: nn.MultiheadAttention(64, 4, batch_first=True),
+    lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+    lambda: nn.LSTM(16, 32, num_layers=2),
+    ParameterListModel,
+], ids=["mha", "encoder_layer", "lstm", "parameter_list"])
+@pytest.mark.parametrize("depth", [None, 0, 1])
+def test_every_parameter_a_forward_uses_is_in_a_row(factory, depth) -> None:
+    """Parameters are counted on the row of the call whose ops read them (MHA's out_proj, a
+    ParameterList): the rows add up to every parameter the forward reads; only ones no op reads
+    are uncalled."""
+    model = factory().eval()
+    size = (10, 16) if isinstance(model, nn.LSTM) else (10, 64) if isinstance(model, nn.MultiheadAttention) else \
+        (10, 32) if isinstance(model, nn.TransformerEncoderLayer) else (4,)
+    args = {"input_data": [torch.zeros(1, *size)] * 3} if isinstance(model, nn.MultiheadAttention) else {}
+    result = torchprobe.summary(model, **args) if args else torchprobe.summary(model, size)
+    lines = result.lines(depth)
+    unused = 20 if isinstance(model, ParameterListModel) else 0
+    assert result.uncalled_params == unused
+    assert sum(line.params for line in lines) == result.total_params - unused
+
+
+@pytest.mark.parametrize("depth", [None, 1, 2])
+def test_vit_parameters_add_up_at_every_depth(depth) -> None:
+    """vit_b_16's attention projections are used through MHA's ``.weight`` and its class token and
+    position embedding by the root and the encoder: every one is on a row (79,480,552 of
+    86,567,656 before parameters were attributed by use)."""
+    result = torchprobe.summary(torchvision.models.vit_b_16(image_size=64), (3, 64, 64))
+    assert result.total_params == 86_567_656 - 196 * 768 + 16 * 768  # 16 + 1 tokens at image 64, not 196 + 1
+    assert result.uncalled_params == 0
+    assert sum(line.params for line in result.lines(depth)) == result.total_params

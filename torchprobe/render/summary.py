@@ -45,7 +45,7 @@ def summary_table(summary: ModelSummary, depth: int | None = None, debug: bool =
     totals = [
         f"Parameters: {count(summary.total_params)} (trainable {count(summary.trainable_params)}, "
         f"frozen {count(summary.frozen_params)})"
-        + (f", of which {count(uncalled)} in modules the forward never called" if uncalled else ""),
+        + (f", of which {count(uncalled)} that no op of the forward reads" if uncalled else ""),
         f"Buffers: {count(summary.buffer_elements)} elements; size of parameters and buffers: "
         f"{human_bytes(summary.size_bytes)} ({count(summary.size_bytes)} bytes)",
         f"FLOPs: {si(summary.total_flops)}{exact} for a batch of 1; a multiply and an add count as two "

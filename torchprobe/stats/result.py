@@ -23,7 +23,7 @@ SUMMARY_SCHEMA = "torchprobe.summary/1"
 
 @dataclass(frozen=True)
 class SummaryLine:
-    """A visible row: what it shows once folding and first-owner attribution are applied."""
+    """A visible row: what it shows once folding and attribution (the first row that reads a parameter) are applied."""
 
     stats: CallStats
     params: int
@@ -78,9 +78,10 @@ class ModelSummary(Displayable):
 
     @property
     def uncalled_params(self) -> int:
-        """Parameters of modules the forward never called (they appear in no row)."""
-        called = {id(p) for c in self.calls for p in c.module.parameters()}
-        return sum(p.numel() for p in self.model.parameters() if id(p) not in called)
+        """Parameters no op of the forward read (they appear in no row)."""
+        named = dict(self.model.named_parameters(remove_duplicate=False))
+        read = {id(named[n]) for c in self.calls for n in c.reads if n in named}
+        return sum(p.numel() for p in self.model.parameters() if id(p) not in read)
 
     # -- rows -----------------------------------------------------------------------------------
 
@@ -92,12 +93,19 @@ class ModelSummary(Displayable):
             if call.parent is not None:
                 child_flops[call.parent] = child_flops.get(call.parent, 0) + call.flops
         rf_rows = {(r.name, r.call): r for r in self.rf.layers if r.kind == "module"} if self.rf else {}
+        named = dict(self.model.named_parameters(remove_duplicate=False))
+        inside: list[set[str]] = [set(call.reads) for call in self.calls]  # a call's reads and its children's
+        for index in range(len(self.calls) - 1, -1, -1):  # children come after their parent
+            parent = self.calls[index].parent
+            if parent is not None:
+                inside[parent] |= inside[index]
         lines = []
         for index, call in enumerate(self.calls):
             if depth is not None and call.depth > depth:
                 continue
             folded = depth is not None and call.depth == depth
-            held = list(call.module.parameters(recurse=folded))  # each tensor once, as torch yields them
+            held = list({id(named[n]): named[n] for n in sorted(inside[index] if folded else call.reads)
+                         if n in named}.values())  # each tensor once (tied weights have two names)
             new = [p for p in held if id(p) not in counted]
             counted.update(id(p) for p in new)
             flops = call.flops if folded else call.flops - child_flops.get(index, 0)
