@@ -166,3 +166,15 @@ def test_vit_parameters_add_up_at_every_depth(depth) -> None:
     assert result.total_params == 86_567_656 - 196 * 768 + 16 * 768  # 16 + 1 tokens at image 64, not 196 + 1
     assert result.uncalled_params == 0
     assert sum(line.params for line in result.lines(depth)) == result.total_params
+
+
+@pytest.mark.parametrize("factory", [lambda: nn.LSTM(16, 32), lambda: nn.GRU(16, 8, num_layers=2), Net],
+                         ids=["lstm", "gru", "seed_net"])
+def test_flops_do_not_depend_on_the_device(factory) -> None:
+    """FLOPs are counted on meta shapes: on the CPU an LSTM is one fused kernel that
+    FlopCounterMode cannot see (it counted 0 there, 122,880 on meta)."""
+    model = factory().eval()
+    size = (1, 28, 28) if isinstance(model, Net) else (10, 16)
+    meta, cpu = (torchprobe.summary(model, size, device=d) for d in ("meta", "cpu"))
+    assert cpu.device == "cpu" and meta.total_flops > 0
+    assert [c.flops for c in cpu.calls] == [c.flops for c in meta.calls]
