@@ -210,3 +210,16 @@ def test_too_small_searches_the_axes_of_the_layout() -> None:
     assert d.kind == "too_small" and "at least 9 (per spatial axis)" in d.expected
     with pytest.raises(torchprobe.UsageError, match="layout"):
         torchprobe.trace(TokenConvs(), (4, 8), layout="LCX")
+
+
+def test_a_batch_dim_in_the_input_size_gets_a_hint() -> None:
+    """torchinfo users pass the batch dim (1,1,28,28): torchprobe adds its own, so the conv sees
+    5-D; the fix says to drop the leading 1 instead of suggesting nn.Conv3d."""
+    d = failure(Net(), (1, 1, 28, 28)).diagnosis
+    assert d.kind == "conv_rank"
+    assert "batch" in d.fix and "(1, 28, 28)" in d.fix and "Conv3d" not in d.fix
+
+
+def test_no_layer_that_does_not_exist_is_suggested() -> None:
+    d = failure(Net(), (1, 1, 1, 1, 1, 1, 28, 28)).diagnosis
+    assert d.kind == "conv_rank" and "Conv7d" not in d.fix and "nn.Conv" not in d.fix

@@ -132,13 +132,11 @@ def _conv(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | Non
         return None
     n = len(m.kernel_size)
     if x.dim() not in (n + 1, n + 2):
+        producer = producer_of(x)
         return Diagnosis(
             "conv_rank", call.name, call.type,
             f"a {n + 2}-D input (N, C, {', '.join('DHW'[3 - n:])}) or {n + 1}-D unbatched",
-            f"{_shape(x)} ({x.dim()}-D)", producer_of(x),
-            f"give {call.name} a {n + 2}-D tensor: add the missing dims (e.g. x.unsqueeze(1) for a channel dim)"
-            if x.dim() < n + 1 else f"{call.name} is a {call.type}; reshape the input or use nn.Conv{x.dim() - 2}d",
-            text,
+            f"{_shape(x)} ({x.dim()}-D)", producer, _rank_fix(call, x, n, producer), text,
         )
     channels = x.shape[-n - 1]
     if channels == m.in_channels:
@@ -149,6 +147,20 @@ def _conv(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | Non
         f"make {call.name} {call.type}({channels}, {m.out_channels}, ...), or give it {m.in_channels}-channel input",
         text,
     )
+
+
+def _rank_fix(call: ModuleCall, x: torch.Tensor, n: int, producer: str | None) -> str:
+    """Too few dims: add them; one too many straight from the input, with a leading 1: the size
+    given included the batch dim (torchprobe adds its own); else reshape, or a conv of that rank
+    where PyTorch has one."""
+    if x.dim() < n + 1:
+        return f"give {call.name} a {n + 2}-D tensor: add the missing dims (e.g. x.unsqueeze(1) for a channel dim)"
+    if x.dim() == n + 3 and x.shape[1] == 1 and (producer or "").startswith("model input"):
+        size = tuple(x.shape[2:])
+        return (f"the input size includes a batch dim, and torchprobe adds its own: give {size} "
+                f"(--input {','.join(str(s) for s in size)})")
+    wider = x.dim() - 2
+    return f"{call.name} is a {call.type}; reshape the input" + (f" or use nn.Conv{wider}d" if wider <= 3 else "")
 
 
 def _norm(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | None:
