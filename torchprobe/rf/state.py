@@ -143,7 +143,7 @@ def compacted(
     classes, firsts, counts = [], [], []
     for k in range(len(dims)):
         rows = np.moveaxis(grid, k, 0).reshape(units.shape[k], -1)
-        first, inverse = row_classes(rows)
+        first, inverse = _row_classes(rows)
         order = np.argsort(first)  # classes numbered by first appearance, so that order is kept
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
@@ -162,7 +162,7 @@ def compacted(
     return m.gathered(rows_of_units), Placement.of(pairs)
 
 
-def row_classes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _row_classes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(rows, axis=0, return_index=True, return_inverse=True)`` without the sorted
     values, on a byte view of each row (much faster than the structured view numpy makes)."""
     rows = np.ascontiguousarray(rows)

@@ -19,7 +19,7 @@ from torch import nn
 from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.placement import NO_UNIT, Columns, Placement
-from torchprobe.rf.state import RFState, TensorRF, UnknownRF, compacted, row_classes
+from torchprobe.rf.state import RFState, TensorRF, UnknownRF, compacted
 
 RULE_ENTRY_POINT_GROUP = "torchprobe.rf_rules"
 RuleResult = RFState | Sequence[RFState | None] | None
@@ -192,25 +192,17 @@ def _has_holes(place: Placement) -> bool:
 def _spelled_out(
     operands: list[tuple[AxisMap, Placement]], dims: list[int], out_shape: Sequence[int]
 ) -> tuple[AxisMap, Placement]:
-    """The union with one unit per index of ``dims``, then compacted. Indices where every operand
-    has the same units for every index of the other dims are one unit from the start: the union is
-    spelled out over those classes only (a window's query-key products, not every index)."""
+    """The union with one unit per index of ``dims``, then compacted; worked out on the distinct
+    columns of the operands' tables (a window's query-key products, not every index)."""
     placed = [k for k, (_, p) in enumerate(operands) if p.dims]
     columns = Columns.of([operands[k][1] for k in placed], dims, out_shape)
-    grids = np.stack([p.grid(dims, columns.sizes) for p in columns.places], axis=-1)
-    classes, firsts = [], []
-    for k in range(len(dims)):
-        first, inverse = row_classes(np.moveaxis(grids, k, 0).reshape(grids.shape[k], -1))
-        classes.append(inverse.reshape(-1))
-        firsts.append(first)
-    counts = [len(f) for f in firsts]
-    chosen = grids[np.ix_(*firsts)].reshape(-1, len(placed))
+    sizes = [columns.sizes[d] for d in dims]
     flat = [m for m, _ in operands]
-    for column, k in enumerate(placed):
-        flat[k] = flat[k].gathered([[int(u)] if u != NO_UNIT else [] for u in chosen[:, column]])
-    strides = [math.prod(counts[k + 1 :]) for k in range(len(dims))]
-    units = Placement.of([(d, c * s) for d, c, s in zip(dims, classes, strides)]).grid(dims, columns.sizes)
-    m, p = compacted(_union(flat, len(chosen)), units, dims)
+    for k, place in zip(placed, columns.places):
+        units = place.grid(dims, columns.sizes).reshape(-1)
+        flat[k] = flat[k].gathered([[int(u)] if u != NO_UNIT else [] for u in units])
+    everything = np.arange(math.prod(sizes)).reshape(sizes)
+    m, p = compacted(_union(flat, everything.size), everything, dims)
     return m, columns.expanded(p)
 
 

@@ -157,7 +157,9 @@ def fold(ctx: RuleContext) -> RuleResult:
     inside = np.logical_and.reduce([(p >= 0) & (p < size[i]) for i, p in enumerate(pixel)])
     rows_at, blocks_at = np.broadcast_arrays(row[:, None], block[None, :])
     target = np.ravel_multi_index(tuple(np.where(inside, p, 0) for p in pixel), size)[inside]
-    sources = (rows_at[inside], blocks_at[inside])
+    order = np.argsort(target, kind="stable")  # the (row, block) pairs grouped by the pixel they add to
+    sources = (rows_at[inside][order], blocks_at[inside][order])
+    splits = np.searchsorted(target[order], np.arange(1, math.prod(size)))
     out_dims = list(range(-n, 0))
     shape = tuple(x.shape)
 
@@ -168,9 +170,7 @@ def fold(ctx: RuleContext) -> RuleResult:
             ctx.note(SPREAD_NOTE.format(op=ctx.name))
             return m.reduced(), Placement.nowhere()
         units = p.grid([-2, -1], shape)[sources]
-        order = np.argsort(target, kind="stable")
-        splits = np.searchsorted(target[order], np.arange(math.prod(size) + 1))
-        read = [np.unique(u[u != NO_UNIT]).tolist() for u in np.split(units[order], splits[1:-1])]
+        read = [np.unique(u[u != NO_UNIT]).tolist() for u in np.split(units, splits)]
         return reindexed(m.gathered(read), np.arange(len(read)), out_dims, out_shape)
 
     return state.map_axes(step)

@@ -72,8 +72,8 @@ def placed(box: Box, part: TensorRF, part_shape: Sequence[int]) -> TensorRF:
         tables: dict[int, np.ndarray] = {}
         for b, k in box.source.items():
             table = p.table(k) if k is not None else None
-            marked = a == 0 and b in unmarked
-            if table is None and not marked and not (constant and not tables and b == min(box.source)):
+            holds_constant = bool(constant) and b == min(box.source)  # the constant needs a dim to sit on
+            if table is None and not (a == 0 and b in unmarked) and not holds_constant:
                 continue
             whole = np.full(box.shape[b], NO_UNIT, dtype=np.int64)
             whole[box.indices[b]] = 0 if table is None or k is None else np.broadcast_to(table, (part_shape[k],))
