@@ -178,3 +178,41 @@ def test_flops_do_not_depend_on_the_device(factory) -> None:
     meta, cpu = (torchprobe.summary(model, size, device=d) for d in ("meta", "cpu"))
     assert cpu.device == "cpu" and meta.total_flops > 0
     assert [c.flops for c in cpu.calls] == [c.flops for c in meta.calls]
+
+
+class NeedsValues(nn.Module):
+    """Branches on a value (meta cannot run it: the pass falls back to real tensors), then runs an
+    LSTM and fused attention, kernels the CPU runs without the matmuls FlopCounterMode counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(16, 16, batch_first=True)
+        self.attention = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().sum() >= 0:
+            x = self.lstm(x)[0]
+        return self.attention(x, x, x, need_weights=False)[0]
+
+
+def test_flops_after_a_fallback_to_real_tensors_are_counted_on_meta_shapes() -> None:
+    """A pass that had to run on real tensors still counts every op's FLOPs on meta shapes: the
+    same numbers as the meta pass of the same model without the branch."""
+    model = NeedsValues().eval()
+    result = torchprobe.summary(model, (10, 16))
+    assert result.device == "cpu" and result.fallback_reason is not None
+    branchless = torchprobe.summary(nn.Sequential(model.lstm), (10, 16), device="meta")
+    lstm_row = next(c for c in result.calls if c.name == "lstm")
+    assert lstm_row.flops == branchless.total_flops > 0
+    attention_row = next(c for c in result.calls if c.name == "attention")
+    q = torch.empty(1, 10, 16, device="meta")
+    alone = torchprobe.summary(model.attention, input_data=[q, q, q], kwargs={"need_weights": False})
+    assert attention_row.flops == alone.total_flops > 0
+    assert result.total_flops == lstm_row.flops + attention_row.flops
+
+
+def test_macs_are_half_the_flops_of_every_row() -> None:
+    result = torchprobe.summary(Net(), (1, 28, 28))
+    lines = result.lines()
+    assert all(line.macs * 2 == line.flops for line in lines)
+    assert result.total_macs * 2 == result.total_flops > 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,7 +19,7 @@ from torchprobe.shapes.probe import ShapeProbe
 from torchprobe.shapes.result import ShapeTrace
 from torchprobe.shapes.smallest import smallest_input_size
 from torchprobe.shapes.tensors import describe
-from torchprobe.stats.probe import CallStats, SummaryProbe
+from torchprobe.stats.probe import SummaryProbe
 from torchprobe.stats.result import ModelSummary
 
 
@@ -67,7 +66,8 @@ def summary(
     layout: LayoutArg = None,
 ) -> ModelSummary:
     """One row per module call: output shape, parameters (shared and tied ones once), receptive
-    field and FLOPs (``FlopCounterMode``, on meta shapes whatever ``device`` is), with totals;
+    field and FLOPs (``torch.utils.flop_counter``'s formulas, on meta shapes whatever ``device``
+    is), with totals;
     render it, or ``to_dict()`` for JSON.
     The RF columns appear when input ``input_index`` has a spatial axis under ``layout`` (by
     default: C, then at least one more dim)."""
@@ -78,26 +78,7 @@ def summary(
     rf = RFProbe(input_index=input_index, layout=layout) if spatial else None
     outcome = Tracer(model, [stats] + ([rf] if rf else [])).run(inputs, kwargs, device=device)
     rf_part = _rf_result(rf, outcome) if rf else None
-    calls = stats.result()
-    if outcome.device != "meta" and outcome.fallback_reason is None:
-        calls = _with_meta_flops(model, inputs, kwargs, calls)
-    return ModelSummary(model, shapes, tuple(calls), rf_part, outcome.device, outcome.fallback_reason)
-
-
-def _with_meta_flops(model: nn.Module, inputs: Any, kwargs: Mapping[str, Any] | None,
-                     calls: list[CallStats]) -> list[CallStats]:
-    """The FLOPs of the same calls counted on meta shapes, where every kernel decomposes into the
-    ops ``FlopCounterMode`` counts (on the CPU an LSTM is one fused kernel it cannot see): the
-    count does not depend on the device. Kept as they are when the meta pass differs or fails."""
-    probe = SummaryProbe()
-    try:
-        Tracer(model, [probe]).run(inputs, kwargs, device="meta")
-    except ForwardError:
-        return calls
-    counted = probe.result()
-    if [(c.name, c.call) for c in counted] != [(c.name, c.call) for c in calls]:
-        return calls
-    return [replace(call, flops=meta.flops) for call, meta in zip(calls, counted)]
+    return ModelSummary(model, shapes, tuple(stats.result()), rf_part, outcome.device, outcome.fallback_reason)
 
 
 def _shape_of(x: Any) -> tuple[int, ...]:

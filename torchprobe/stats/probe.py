@@ -1,8 +1,8 @@
 """The summary probe: per module call, its output, the FLOPs counted while it ran and the
 parameters its own ops read.
 
-FLOPs come from PyTorch's own ``FlopCounterMode`` (read before and after each call), not from
-formulas. A parameter belongs to the call whose ops read it (seen when the tensor enters an op),
+FLOPs come from ``torch.utils.flop_counter``'s formulas on meta shapes (:mod:`.flops`), read
+before and after each call. A parameter belongs to the call whose ops read it (seen when the tensor enters an op),
 so a submodule used through ``.weight`` (``nn.MultiheadAttention.out_proj``) or a ``ParameterList``
 is counted where it is used.
 """
@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from torchprobe.engine.events import CallSite, ModuleCall, OpCall
 from torchprobe.engine.probe import Probe
 from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.shapes.tensors import describe
+from torchprobe.stats.flops import FlopCounter, ran_on_a_real_device
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,13 @@ class CallStats(CallSite):
 class SummaryProbe(Probe):
     def __init__(self) -> None:
         self.rows: list[CallStats] = []
-        self.counter: FlopCounterMode | None = None
+        self.counter = FlopCounter()
         self._open: list[tuple[int, int]] = []  # (row index, FLOPs counted when it started)
         self._names: dict[int, str] = {}  # id of a parameter (the pass's stand-in) -> its qualified name
         self._reads: dict[int, set[str]] = {}  # row index -> parameters its own ops read
 
     def context(self) -> AbstractContextManager[Any]:
-        self.counter = FlopCounterMode(display=False)
+        self.counter = FlopCounter()
         return self.counter
 
     def start(self, inputs: Any) -> None:
@@ -64,12 +64,14 @@ class SummaryProbe(Probe):
     def function(self, op: OpCall) -> None:
         if not self._open:
             return
+        if ran_on_a_real_device(op):
+            self.counter.replay_on_meta(op)
         names = [self._names[id(t)] for t in tensors_in((op.args, op.kwargs)) if id(t) in self._names]
         if names:
             self._reads.setdefault(self._open[-1][0], set()).update(names)
 
     def total_flops(self) -> int:
-        return self.counter.get_total_flops() if self.counter is not None else 0
+        return self.counter.total
 
     def result(self) -> list[CallStats]:
         return self.rows

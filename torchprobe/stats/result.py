@@ -31,6 +31,11 @@ class SummaryLine:
     flops: int
     rf: LayerRF | None
 
+    @property
+    def macs(self) -> int:
+        """Multiply-adds: every FLOP formula counts a multiply and an add as two."""
+        return self.flops // 2
+
 
 @dataclass(frozen=True)
 class ModelSummary(Displayable):
@@ -75,6 +80,10 @@ class ModelSummary(Displayable):
     def total_flops(self) -> int:
         roots = [c.flops for c in self.calls if c.parent is None]
         return sum(roots)
+
+    @property
+    def total_macs(self) -> int:
+        return self.total_flops // 2
 
     @property
     def uncalled_params(self) -> int:
