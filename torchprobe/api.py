@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchprobe.engine.inputs import model_inputs
+from torchprobe.engine.inputs import DtypeArg, model_inputs
 from torchprobe.engine.tracer import TraceOutcome, Tracer
 from torchprobe.errors import ForwardError, ShapeError
 from torchprobe.rf.layouts import LayoutArg, input_layout
@@ -33,6 +33,7 @@ def receptive_field(
     strict: bool = False,
     input_index: int = 0,
     layout: LayoutArg = None,
+    dtypes: Sequence[DtypeArg] | None = None,
 ) -> RFResult:
     """Receptive field, jump and start of every module call, per spatial axis of one input.
 
@@ -42,9 +43,11 @@ def receptive_field(
     ``strict`` raises :class:`torchprobe.RFError` for an op without a rule instead of reporting it.
     ``layout`` names the input's dims, one letter each (``"CHW"``, ``"LC"`` for tokens, ``"T"``
     for a raw signal; one string per input for several), see :mod:`torchprobe.rf.layouts`.
+    ``dtypes`` (one per size) default to the model's floating dtype, see :func:`summary`.
     """
     probe = RFProbe(input_index=input_index, strict=strict, layout=layout)
-    outcome = Tracer(model, [probe]).run(model_inputs(input_size, input_data), kwargs, device=device)
+    inputs, keywords = model_inputs(input_size, input_data, kwargs, dtypes, model)
+    outcome = Tracer(model, [probe]).run(inputs, keywords, device=device)
     return _rf_result(probe, outcome)
 
 
@@ -64,19 +67,26 @@ def summary(
     device: str = "auto",
     input_index: int = 0,
     layout: LayoutArg = None,
+    dtypes: Sequence[DtypeArg] | None = None,
 ) -> ModelSummary:
     """One row per module call: output shape, parameters (shared and tied ones once), receptive
     field and FLOPs (``torch.utils.flop_counter``'s formulas, on meta shapes whatever ``device``
     is), with totals;
     render it, or ``to_dict()`` for JSON.
     The RF columns appear when input ``input_index`` has a spatial axis under ``layout`` (by
-    default: C, then at least one more dim)."""
-    inputs = model_inputs(input_size, input_data)
-    shapes = tuple(_shape_of(x)[1:] for x in inputs)
-    spatial = input_index < len(inputs) and bool(input_layout(layout, shapes, input_index).spatial)
+    default: C, then at least one more dim).
+
+    Inputs: ``input_size`` per sample (no batch dim), or ``input_data`` tensors (a dict: keyword
+    arguments). ``dtypes``, one per size, are torch dtypes or names (``"bfloat16"``; indices
+    ``"long:1000"`` for values 0..999, by default below the model's smallest embedding); without
+    them a size is an input of the model's floating dtype."""
+    inputs, keywords = model_inputs(input_size, input_data, kwargs, dtypes, model)
+    positional = [_shape_of(x)[1:] for x in inputs]
+    shapes = tuple(positional) + tuple(_shape_of(v)[1:] for v in keywords.values() if isinstance(v, torch.Tensor))
+    spatial = input_index < len(inputs) and bool(input_layout(layout, positional, input_index).spatial)
     stats = SummaryProbe()
     rf = RFProbe(input_index=input_index, layout=layout) if spatial else None
-    outcome = Tracer(model, [stats] + ([rf] if rf else [])).run(inputs, kwargs, device=device)
+    outcome = Tracer(model, [stats] + ([rf] if rf else [])).run(inputs, keywords, device=device)
     rf_part = _rf_result(rf, outcome) if rf else None
     return ModelSummary(model, shapes, tuple(stats.result()), rf_part, outcome.device, outcome.fallback_reason)
 
@@ -94,6 +104,7 @@ def trace(
     ops: bool = False,
     device: str = "auto",
     layout: LayoutArg = None,
+    dtypes: Sequence[DtypeArg] | None = None,
 ) -> ShapeTrace:
     """Every module call (and with ``ops=True`` every functional op of a composite module) with
     the shapes and dtypes of all its inputs and outputs.
@@ -103,7 +114,7 @@ def trace(
     expected, what it received, which call produced that, and the fix. A model too small for its
     input is told the smallest size per spatial axis of input 0's ``layout`` (``"LC"``: tokens).
     """
-    inputs = model_inputs(input_size, input_data)
+    inputs, kwargs = model_inputs(input_size, input_data, kwargs, dtypes, model)
     shapes_in = [_shape_of(x)[1:] for x in inputs]
     spatial = [1 + d for d in input_layout(layout, shapes_in, 0).spatial] if inputs else []
     probe = ShapeProbe(ops=ops)

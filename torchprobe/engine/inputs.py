@@ -1,13 +1,51 @@
-"""Turning what the user gives (sizes without the batch dimension, or tensors) into model inputs."""
+"""Turning what the user gives (sizes without the batch dimension, or tensors, with dtypes) into
+the positional and keyword inputs of one forward."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from torchprobe.engine.torch_utils import META
 from torchprobe.errors import UsageError
+
+DTYPE_HELP = "a torch dtype such as float32, bfloat16 or long (indices: long:HIGH for values 0..HIGH-1)"
+
+_value_bounds = WeakTensorKeyDictionary()  # an integer meta input -> the bound of its values
+
+
+@dataclass(frozen=True)
+class InputDtype:
+    """The dtype of an input given by its size; an integer input holds indices in ``0..high-1``
+    (default: the smallest ``nn.Embedding`` of the model, so every lookup is in range)."""
+
+    dtype: torch.dtype
+    high: int | None = None
+
+
+DtypeArg = torch.dtype | str | InputDtype
+
+
+def parse_dtype(value: DtypeArg) -> InputDtype:
+    """``"bfloat16"``, ``torch.long``, ``"int64:1000"`` -> an :class:`InputDtype`."""
+    if isinstance(value, InputDtype):
+        return value
+    if isinstance(value, torch.dtype):
+        return InputDtype(value)
+    name, sep, bound = str(value).partition(":")
+    dtype = getattr(torch, name.strip(), None) if name.strip() else None
+    if not isinstance(dtype, torch.dtype):
+        raise UsageError(f"bad dtype {value!r}: expected {DTYPE_HELP}")
+    if not sep:
+        return InputDtype(dtype)
+    if dtype.is_floating_point or dtype.is_complex or not bound.strip().isdigit() or int(bound) < 1:
+        raise UsageError(f"bad dtype {value!r}: a range is an integer dtype and a positive bound, e.g. long:1000")
+    return InputDtype(dtype, int(bound))
 
 
 def batch_sizes(input_size: Any, batch: int = 1) -> list[torch.Size]:
@@ -25,27 +63,76 @@ def batch_sizes(input_size: Any, batch: int = 1) -> list[torch.Size]:
     return out
 
 
-def model_inputs(input_size: Any = None, input_data: Any = None) -> list[Any]:
-    """Exactly one of ``input_size`` (per-sample sizes) or ``input_data`` (tensors, batch included)."""
+def model_inputs(
+    input_size: Any = None,
+    input_data: Any = None,
+    kwargs: Mapping[str, Any] | None = None,
+    dtypes: Sequence[DtypeArg] | None = None,
+    model: nn.Module | None = None,
+) -> tuple[list[Any], dict[str, Any]]:
+    """Positional and keyword inputs from exactly one of ``input_size`` (per-sample sizes) or
+    ``input_data`` (tensors, batch included; a dict is keyword arguments). A size is a float
+    input of the model's floating dtype unless ``dtypes`` (one per size) says otherwise."""
     if (input_size is None) == (input_data is None):
         raise UsageError("give exactly one of input_size and input_data")
+    keywords = dict(kwargs or {})
     if input_data is not None:
-        return list(input_data) if isinstance(input_data, (list, tuple)) else [input_data]
-    return list(batch_sizes(input_size))
+        if dtypes:
+            raise UsageError("dtypes are for inputs given by size: input_data tensors have their own")
+        if isinstance(input_data, Mapping):
+            return [], {**dict(input_data), **keywords}
+        return (list(input_data) if isinstance(input_data, (list, tuple)) else [input_data]), keywords
+    sizes = batch_sizes(input_size)
+    if dtypes is not None and len(dtypes) != len(sizes):
+        raise UsageError(f"{len(dtypes)} dtypes for {len(sizes)} input{'s' if len(sizes) != 1 else ''}: "
+                         "give one per input")
+    chosen = [parse_dtype(d) for d in dtypes] if dtypes else [InputDtype(floating_dtype(model))] * len(sizes)
+    return [_sized(size, dtype, model) for size, dtype in zip(sizes, chosen)], keywords
+
+
+def floating_dtype(model: nn.Module | None) -> torch.dtype:
+    """The dtype of the model's first floating parameter or buffer (float32 when it has none)."""
+    tensors = [*model.parameters(), *model.buffers()] if model is not None else []
+    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+
+
+def _sized(size: torch.Size, spec: InputDtype, model: nn.Module | None) -> torch.Size | torch.Tensor:
+    """A float32 input stays a size (the pass draws it); another dtype is a meta tensor, which
+    stands for its shape and dtype, with the bound of its values when they are indices."""
+    if spec.dtype == torch.float32:
+        return size
+    tensor = torch.empty(size, dtype=spec.dtype, device=META)
+    if not (spec.dtype.is_floating_point or spec.dtype.is_complex):
+        _value_bounds[tensor] = spec.high or _smallest_embedding(model)
+    return tensor
+
+
+def _smallest_embedding(model: nn.Module | None) -> int:
+    sizes = [m.num_embeddings for m in (model.modules() if model is not None else ())
+             if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    return min(sizes, default=2)
 
 
 def to_device(value: Any, device: str) -> Any:
-    """Move tensors to ``device``; a ``torch.Size`` becomes a tensor of that size (random values,
-    from a private generator so the caller's RNG state is untouched)."""
+    """Move tensors to ``device``. A ``torch.Size``, or a meta tensor on a real device, becomes a
+    tensor of that size with random values (indices below their bound), from a private generator
+    so the caller's RNG state is untouched."""
     if isinstance(value, torch.Size):
-        if device == META:
-            return torch.empty(value, device=META)
-        generator = torch.Generator(device=device).manual_seed(0)
-        return torch.randn(value, generator=generator, device=device)
+        value = torch.empty(value, device=META)
     if isinstance(value, torch.Tensor):
-        return value.to(device)
+        if value.device.type != META or device == META:
+            return value.to(device)
+        return _drawn(value, device)
     if isinstance(value, (list, tuple)):
         return type(value)(to_device(v, device) for v in value)
     if isinstance(value, dict):
         return {k: to_device(v, device) for k, v in value.items()}
     return value
+
+
+def _drawn(like: torch.Tensor, device: str) -> torch.Tensor:
+    generator = torch.Generator(device=device).manual_seed(0)
+    if like.dtype.is_floating_point or like.dtype.is_complex:
+        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device)
+    high = 2 if like.dtype == torch.bool else _value_bounds.get(like, 1)
+    return torch.randint(0, high, like.shape, generator=generator, device=device).to(like.dtype)
