@@ -10,13 +10,14 @@ from torch import nn
 
 from torchprobe.engine.inputs import DtypeArg, model_inputs
 from torchprobe.engine.tracer import TraceOutcome, Tracer
-from torchprobe.errors import ForwardError, ShapeError
+from torchprobe.engine.wrappers import unwrap
+from torchprobe.errors import ForwardError
 from torchprobe.rf.layouts import LayoutArg, input_layout
 from torchprobe.rf.probe import RFProbe
 from torchprobe.rf.result import LayerRF, RFResult
 from torchprobe.shapes.diagnose import diagnose
 from torchprobe.shapes.probe import ShapeProbe
-from torchprobe.shapes.result import ShapeTrace
+from torchprobe.shapes.result import ShapeError, ShapeTrace
 from torchprobe.shapes.smallest import smallest_input_size
 from torchprobe.shapes.tensors import describe
 from torchprobe.stats.probe import SummaryProbe
@@ -80,6 +81,7 @@ def summary(
     arguments). ``dtypes``, one per size, are torch dtypes or names (``"bfloat16"``; indices
     ``"long:1000"`` for values 0..999, by default below the model's smallest embedding); without
     them a size is an input of the model's floating dtype."""
+    model = unwrap(model)  # the rows name the model inside torch.compile or data parallelism
     inputs, keywords = model_inputs(input_size, input_data, kwargs, dtypes, model)
     positional = [_shape_of(x)[1:] for x in inputs]
     shapes = tuple(positional) + tuple(_shape_of(v)[1:] for v in keywords.values() if isinstance(v, torch.Tensor))

@@ -101,3 +101,19 @@ def describe_value(value: Any) -> str:
 
 def dtype_name(tensor: torch.Tensor) -> str:
     return str(tensor.dtype).removeprefix("torch.")
+
+
+@contextmanager
+def preserved_tensor_attributes(model: nn.Module) -> Iterator[None]:
+    """Every module's plain tensor attributes (not parameters or buffers) come back as they were:
+    old-style ``weight_norm`` and ``spectral_norm`` rebind ``weight`` in a forward pre-hook, a
+    forward may keep its last output; on meta those would stay meta tensors."""
+    before = [(m, {k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)}) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for module, tensors in before:
+            attributes = vars(module)
+            for key in [k for k, v in attributes.items() if isinstance(v, torch.Tensor) and k not in tensors]:
+                del attributes[key]
+            attributes.update(tensors)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -29,10 +29,14 @@ from torchprobe.engine.torch_utils import (
     model_device,
     module_names,
     one_line,
+    preserved_tensor_attributes,
     preserved_training_flags,
     private_rng,
 )
+from torchprobe.engine.wrappers import unwrap
 from torchprobe.errors import ForwardError, TorchProbeError, UsageError
+
+Mode = Literal["eval", "train"]
 
 
 @dataclass
@@ -87,9 +91,9 @@ class Tracer:
     def __init__(self, model: nn.Module, probes: Sequence[Probe]) -> None:
         if not isinstance(model, nn.Module):
             raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
+        self.model = unwrap(model)  # the model inside torch.compile or data parallelism
         self.probes = list(probes)
-        self.names = module_names(model)
+        self.names = module_names(self.model)
         self.stack: list[ModuleCall] = []
         self.calls: dict[int, int] = {}
         self.quiet = False  # True while torchprobe's own hook code runs
@@ -129,35 +133,41 @@ class Tracer:
 
     # -- running --------------------------------------------------------------------------------
 
-    def run(self, inputs: Sequence[Any], kwargs: Mapping[str, Any] | None = None, device: str = "auto") -> TraceOutcome:
-        """Run the forward once. ``device``: "meta", a real device, or "auto" (meta, then real)."""
+    def run(self, inputs: Sequence[Any], kwargs: Mapping[str, Any] | None = None, device: str = "auto",
+            mode: Mode = "eval") -> TraceOutcome:
+        """Run the forward once. ``device``: "meta", a real device, or "auto" (meta, then real).
+        ``mode="train"``: every module in training mode, with autograd recording the graph."""
+        if mode not in ("eval", "train"):
+            raise UsageError(f"bad mode {mode!r}: expected eval or train")
         kwargs = dict(kwargs or {})
         if device == "auto" and carries_indices((inputs, kwargs)):
             device = model_device(self.model)  # integer inputs are indices: their values matter
         if device != "auto":
-            return TraceOutcome(self._run_on(device, inputs, kwargs), device)
+            return TraceOutcome(self._run_on(device, inputs, kwargs, mode), device)
         try:
-            return TraceOutcome(self._run_on(META, inputs, kwargs), META)
+            return TraceOutcome(self._run_on(META, inputs, kwargs, mode), META)
         except ForwardError as error:
             if not needs_real_values(error.__cause__):
                 raise
             real = model_device(self.model)
-            return TraceOutcome(self._run_on(real, inputs, kwargs), real, fallback_reason=one_line(error.__cause__))
+            return TraceOutcome(self._run_on(real, inputs, kwargs, mode), real,
+                                fallback_reason=one_line(error.__cause__))
 
-    def _run_on(self, device: str, inputs: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    def _run_on(self, device: str, inputs: Sequence[Any], kwargs: dict[str, Any], mode: Mode) -> Any:
         inputs = [to_device(x, device) for x in inputs]
         kwargs = {k: to_device(v, device) for k, v in kwargs.items()}
         self.stack, self.calls = [], {}
         for probe in self.probes:
             probe.start(inputs)
-        state = stand_in_state(self.model, device)
+        state = stand_in_state(self.model, device, trainable=mode == "train")
         with ExitStack() as cleanup:
             cleanup.enter_context(preserved_training_flags(self.model))
-            self.model.eval()
+            cleanup.enter_context(preserved_tensor_attributes(self.model))
+            self.model.train(mode == "train")
             for module in {id(m): m for m in self.model.modules()}.values():
                 cleanup.callback(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True).remove)
                 cleanup.callback(module.register_forward_hook(self._post_hook, with_kwargs=True).remove)
-            cleanup.enter_context(torch.no_grad())
+            cleanup.enter_context(torch.set_grad_enabled(mode == "train"))
             cleanup.enter_context(private_rng(device))
             for probe in self.probes:
                 cleanup.enter_context(probe.context())
@@ -177,11 +187,18 @@ class Tracer:
                 raise ForwardError(message, where, input_related) from error
 
 
-def stand_in_state(model: nn.Module, device: str) -> dict[str, torch.Tensor]:
+def stand_in_state(model: nn.Module, device: str, trainable: bool = False) -> dict[str, torch.Tensor]:
     """Tensors to run with: meta stand-ins on meta, copies on a real device, so that nothing the
     forward writes (running statistics, counters, a clamped weight) reaches the model. The copies
-    cost one model's worth of memory on that device, for the length of the pass."""
+    cost one model's worth of memory on that device, for the length of the pass. ``trainable``:
+    stand-ins of parameters that require grad do too, so autograd records what a training step would."""
     state: dict[str, torch.Tensor] = {}
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        state[name] = torch.empty_like(tensor, device=META) if device == META else tensor.detach().to(device, copy=True)
+    for name, parameter in model.named_parameters():
+        state[name] = _stand_in(parameter, device).requires_grad_(trainable and parameter.requires_grad)
+    for name, buffer in model.named_buffers():
+        state[name] = _stand_in(buffer, device)
     return state
+
+
+def _stand_in(tensor: torch.Tensor, device: str) -> torch.Tensor:
+    return torch.empty_like(tensor, device=META) if device == META else tensor.detach().to(device, copy=True)

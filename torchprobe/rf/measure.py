@@ -28,6 +28,7 @@ from torch.utils._pytree import tree_map
 
 from torchprobe.engine.inputs import batch_sizes
 from torchprobe.engine.torch_utils import canonical_op_name, tensors_in
+from torchprobe.engine.wrappers import unwrap
 from torchprobe.errors import UsageError
 from torchprobe.rf.layouts import LayoutArg, input_layout
 from torchprobe.rf.rules.core import per_axis
@@ -72,6 +73,7 @@ def measure_receptive_field(
     ``unit`` indexes the output dims ``unit_dims`` (dim 0 is the batch; the other dims are summed
     over, as channels are): pass a row's ``LayerRF.unit_dims``. Without them ``unit`` is one index
     per spatial axis on the output's last dims, after a channel dim (a conv net's layout)."""
+    model = unwrap(model)
     sizes = batch_sizes(input_size)
     spatial = [1 + d for d in input_layout(layout, [s[1:] for s in sizes], input_index).spatial]
     averaging = _averaging_copy(model)
