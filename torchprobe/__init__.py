@@ -8,7 +8,7 @@ into JSON with ``to_dict()``. Rule plugins: :mod:`torchprobe.rf.rules`; probes:
 
 from torchprobe.api import receptive_field, summary, trace
 from torchprobe.engine import CallSite, ModuleCall, OpCall, Probe, Tracer
-from torchprobe.errors import ForwardError, RFError, ShapeError, TorchProbeError, UsageError
+from torchprobe.errors import ForwardError, RFError, TorchProbeError, UsageError
 from torchprobe.failures import EpochRecord, Failure, FailureAnalyzer, FailureHook, analyze_failures
 from torchprobe.notes import Note
 from torchprobe.render import plots
@@ -16,7 +16,7 @@ from torchprobe.rf.measure import MeasuredRF, measure_receptive_field
 from torchprobe.rf.result import AxisStep, LayerRF, RFResult, RFStep
 from torchprobe.rf.rules import RuleContext, register_rf_rule
 from torchprobe.shapes.diagnose import Diagnosis
-from torchprobe.shapes.result import CallRow, ShapeTrace
+from torchprobe.shapes.result import CallRow, ShapeError, ShapeTrace
 from torchprobe.shapes.tensors import TensorDesc
 from torchprobe.stats.result import ModelSummary, SummaryLine
 from torchprobe.version import __version__

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from torchprobe.shapes.diagnose import Diagnosis
-    from torchprobe.shapes.result import ShapeTrace
-
 
 class TorchProbeError(Exception):
     """Base class: the message is one line a user can act on."""
@@ -32,18 +26,3 @@ class ForwardError(TorchProbeError):
 
 class RFError(TorchProbeError):
     """Strict mode: an op with spatial output has no receptive-field rule."""
-
-
-class ShapeError(ForwardError):
-    """The forward failed; ``trace`` holds the calls up to the failure and ``diagnosis`` the why.
-
-    Its message is the partial table followed by the diagnosis; ``summary`` is one line of it.
-    """
-
-    def __init__(
-        self, message: str, summary: str, trace: ShapeTrace, diagnosis: Diagnosis, input_related: bool
-    ) -> None:
-        super().__init__(message, diagnosis.module, input_related)
-        self.summary = summary
-        self.trace = trace
-        self.diagnosis = diagnosis

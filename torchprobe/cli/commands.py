@@ -14,8 +14,9 @@ from rich.console import Console
 
 from torchprobe import api
 from torchprobe.cli.model_spec import load_model, parse_input, parse_kwargs
-from torchprobe.errors import ForwardError, RFError, ShapeError, UsageError
+from torchprobe.errors import ForwardError, RFError, UsageError
 from torchprobe.render import RENDER_WIDTH, rf_table, summary_table, trace_table
+from torchprobe.shapes.result import ShapeError
 from torchprobe.version import __version__
 
 EXIT_MODEL_FAILED, EXIT_USAGE = 1, 2

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from torchprobe.display import Displayable
 from torchprobe.engine.events import CallSite
+from torchprobe.errors import ForwardError
 from torchprobe.notes import Note, fallback_notes
 from torchprobe.shapes.diagnose import Diagnosis
 from torchprobe.shapes.tensors import desc_json, desc_text
@@ -63,3 +64,18 @@ class ShapeTrace(Displayable):
             "failure": self.diagnosis.to_dict() if self.diagnosis is not None else None,
             "notes": [note.to_dict() for note in self.notes],
         }
+
+
+class ShapeError(ForwardError):
+    """The forward failed; ``trace`` holds the calls up to the failure and ``diagnosis`` the why.
+
+    Its message is the partial table followed by the diagnosis; ``summary`` is one line of it.
+    """
+
+    def __init__(
+        self, message: str, summary: str, trace: ShapeTrace, diagnosis: Diagnosis, input_related: bool
+    ) -> None:
+        super().__init__(message, diagnosis.module, input_related)
+        self.summary = summary
+        self.trace = trace
+        self.diagnosis = diagnosis
