@@ -59,7 +59,7 @@ def test_console_script_reports_errors_like_python_m() -> None:
     if not CONSOLE_SCRIPT.exists():
         pytest.skip(f"no console script at {CONSOLE_SCRIPT}")
     proc = run_process("rf", "mnist_demo.model:Net", "--input", "1,8,8", console_script=True)
-    assert_error(proc, 2, "too small")
+    assert_error(proc, 2, "at least 20x20")
 
 
 @pytest.mark.parametrize(
@@ -214,7 +214,7 @@ def test_no_arguments_prints_no_empty_error_line() -> None:
 
 
 def test_input_too_small() -> None:
-    assert_error(run_cli("rf", "mnist_demo.model:Net", "--input", "1,8,8"), 2, "too small", "conv4")
+    assert_error(run_cli("rf", "mnist_demo.model:Net", "--input", "1,8,8"), 2, "at least 20x20", "conv4")
 
 
 def test_wrong_channels() -> None:

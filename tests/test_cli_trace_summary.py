@@ -71,5 +71,42 @@ def test_summary_rf_steps_and_depth() -> None:
 
 
 def test_summary_bad_input_exits_2() -> None:
-    assert_error(run_cli("summary", "mnist_demo.model:Net", "--input", "1,8,8"), 2, "too small")
+    assert_error(run_cli("summary", "mnist_demo.model:Net", "--input", "1,8,8"), 2, "at least 20x20")
     assert_error(run_cli("summary", "mnist_demo.model:Nope", "--input", "1,28,28"), 2, "Nope")
+
+
+def test_summary_of_an_embedding_model_from_the_command_line() -> None:
+    """Integer inputs from the CLI (before, every input was a float and an Embedding failed)."""
+    proc = run_cli("summary", "tests/helpers/zoo.py:TokenClassifier", "--input", "12", "--dtype", "long:100", "--json")
+    assert_ok(proc)
+    report = json.loads(proc.stdout)
+    assert report["layers"][-1]["output"]["shape"] == [1, 4] and report["total_params"] == 1668
+
+
+def test_summary_columns_mode_and_depth() -> None:
+    proc = run_cli("summary", "mnist_demo.model:Net", "--input", "1,28,28", "--mode", "train", "--depth", "0",
+                   "--columns", "params,macs,saved")
+    assert_ok(proc)
+    header = next(line for line in proc.stdout.splitlines() if "Layer" in line)
+    assert [h.strip() for h in header.strip("┃ ").split("┃")] == ["Layer", "Params", "MACs", "Saved for bwd"]
+    assert table_names(proc.stdout) == ["(model)", "Total"]
+    assert "saved for backward" in proc.stdout
+
+
+def test_summary_without_an_input_lists_parameters() -> None:
+    proc = run_cli("summary", "mnist_demo.model:Net")
+    assert_ok(proc)
+    assert "parameters only" in proc.stdout and "19,344" in proc.stdout
+
+
+def test_bad_dtype_mode_and_columns_are_usage_errors() -> None:
+    for option, value, needle in [("--dtype", "floaty", "bad dtype 'floaty'"), ("--mode", "training", "bad mode"),
+                                  ("--columns", "params,flop", "unknown column 'flop'")]:
+        proc = run_cli("summary", "mnist_demo.model:Net", "--input", "1,28,28", option, value)
+        assert_error(proc, 2, needle)
+
+
+def test_summary_of_a_failing_model_gives_the_diagnosis() -> None:
+    proc = run_cli("summary", LENET, "--input", "1,32,32")
+    line = assert_error(proc, 1, "fc1 (Linear)")
+    assert "nn.Linear(500, 50)" in line

@@ -187,3 +187,28 @@ def test_maxvit_at_200_needs_a_size_its_partitions_divide() -> None:
     assert d.kind == "input_size"
     assert "flatten" not in d.fix and "3x224x224" in d.fix
     assert_fix_runs(model, d.fix)
+
+
+def test_a_conv_that_read_the_input_unbatched_is_a_missing_axis_wherever_it_failed() -> None:
+    """Net given (1, 28): its first conv reads [1, 1, 28] as an unbatched C,H,W and the pass
+    fails at the BatchNorm after it, which was told to become BatchNorm2d(1); the cause is the
+    input's rank, and the fix (a 3-D size) works."""
+    from mnist_demo.model import Net
+
+    with pytest.raises(torchprobe.ShapeError) as failure:
+        torchprobe.trace(Net(), (1, 28))
+    diagnosis = failure.value.diagnosis
+    assert diagnosis.kind == "conv_rank" and diagnosis.module == "conv0"
+    assert "lacks an axis" in diagnosis.fix and failure.value.input_related
+    assert "such as 1,28,28" in diagnosis.fix
+    torchprobe.trace(Net(), (1, 28, 28))
+
+
+def test_an_error_without_a_specific_fix_is_quoted_in_the_one_line_summary() -> None:
+    class Boom(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("boom")
+
+    with pytest.raises(torchprobe.ShapeError) as failure:
+        torchprobe.trace(Boom(), (3,))
+    assert failure.value.summary == "(model) (Boom) failed: ValueError: boom"

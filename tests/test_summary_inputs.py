@@ -11,6 +11,7 @@ import torchprobe
 from mnist_demo.model import Net
 from torchprobe.engine.inputs import InputDtype, parse_dtype
 from torchprobe.errors import UsageError
+from torchprobe.render import render_text, summary_table
 
 
 class Tokens(nn.Module):
@@ -87,3 +88,41 @@ def test_a_dict_of_inputs_is_passed_as_keyword_arguments() -> None:
     result = torchprobe.summary(Keywords(), input_data=data)
     assert result.calls[0].output.shape == (3, 2) and result.total_params == 10
     assert result.input_shapes == ((4,), (2,))
+
+
+@pytest.mark.parametrize("depth", [None, 0, 1, 2])
+def test_without_an_input_parameters_per_module(depth: int | None) -> None:
+    """torchinfo's summary(model): no forward, each module's own parameters, adding up."""
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    result = torchprobe.summary(model, depth=depth)
+    assert result.memory is None and result.total_flops == 0
+    assert sum(line.params for line in result.visible()) == result.total_params == 11_689_512
+    text = render_text(summary_table(result))
+    assert "parameters only" in text and "FLOPs" not in text
+
+
+def test_depth_and_columns_are_the_summarys() -> None:
+    result = torchprobe.summary(Net(), (1, 28, 28), depth=1, columns=["params", "macs", "activations"])
+    assert all(line.stats.depth <= 1 for line in result.visible())
+    assert [row["depth"] for row in result.to_dict()["layers"]] == [line.stats.depth for line in result.visible()]
+    header = render_text(summary_table(result)).splitlines()[2]
+    assert [h.strip() for h in header.strip("┃ ").split("┃")] == ["Layer", "Params", "MACs", "Activations"]
+
+
+def test_unknown_column_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown column 'flop'"):
+        torchprobe.summary(Net(), (1, 28, 28), columns=["flop"])
+
+
+def test_summary_and_rf_of_a_failing_model_say_what_trace_says() -> None:
+    """The same diagnosis from every entry point (summary and rf printed the raw error)."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(10, 2))
+    with pytest.raises(torchprobe.ShapeError) as traced:
+        torchprobe.trace(model, (1, 28, 28))
+    for entry in (torchprobe.summary, torchprobe.receptive_field):
+        with pytest.raises(torchprobe.ShapeError) as failed:
+            entry(model, (1, 28, 28))
+        assert failed.value.diagnosis == traced.value.diagnosis
+        assert failed.value.summary == traced.value.summary

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from torchprobe.engine.inputs import DtypeArg, model_inputs
-from torchprobe.engine.tracer import TraceOutcome, Tracer
+from torchprobe.engine.tracer import Mode, TraceOutcome, Tracer
 from torchprobe.engine.wrappers import unwrap
-from torchprobe.errors import ForwardError
+from torchprobe.errors import ForwardError, UsageError
 from torchprobe.rf.layouts import LayoutArg, input_layout
 from torchprobe.rf.probe import RFProbe
 from torchprobe.rf.result import LayerRF, RFResult
-from torchprobe.shapes.diagnose import diagnose
+from torchprobe.shapes.diagnose import INPUT_KINDS, diagnose
 from torchprobe.shapes.probe import ShapeProbe
 from torchprobe.shapes.result import ShapeError, ShapeTrace
 from torchprobe.shapes.smallest import smallest_input_size
 from torchprobe.shapes.tensors import describe
 from torchprobe.stats.probe import SummaryProbe
-from torchprobe.stats.result import ModelSummary
+from torchprobe.stats.result import COLUMNS, DEFAULT_COLUMNS, ModelSummary
 
 
 def receptive_field(
@@ -48,7 +48,8 @@ def receptive_field(
     """
     probe = RFProbe(input_index=input_index, strict=strict, layout=layout)
     inputs, keywords = model_inputs(input_size, input_data, kwargs, dtypes, model)
-    outcome = Tracer(model, [probe]).run(inputs, keywords, device=device)
+    outcome = _diagnosed(lambda: Tracer(model, [probe]).run(inputs, keywords, device=device), model, inputs, keywords,
+                         device, layout)
     return _rf_result(probe, outcome)
 
 
@@ -65,32 +66,65 @@ def summary(
     *,
     input_data: Any = None,
     kwargs: Mapping[str, Any] | None = None,
+    depth: int | None = None,
+    columns: Sequence[str] | None = None,
+    mode: Mode = "eval",
+    dtypes: Sequence[DtypeArg] | None = None,
+    layout: LayoutArg = None,
     device: str = "auto",
     input_index: int = 0,
-    layout: LayoutArg = None,
-    dtypes: Sequence[DtypeArg] | None = None,
 ) -> ModelSummary:
     """One row per module call: output shape, parameters (shared and tied ones once), receptive
-    field and FLOPs (``torch.utils.flop_counter``'s formulas, on meta shapes whatever ``device``
-    is), with totals;
-    render it, or ``to_dict()`` for JSON.
-    The RF columns appear when input ``input_index`` has a spatial axis under ``layout`` (by
-    default: C, then at least one more dim).
+    field, FLOPs (``torch.utils.flop_counter``'s formulas, on meta shapes whatever ``device`` is)
+    and memory, with totals; render it, or ``to_dict()`` for JSON.
 
     Inputs: ``input_size`` per sample (no batch dim), or ``input_data`` tensors (a dict: keyword
-    arguments). ``dtypes``, one per size, are torch dtypes or names (``"bfloat16"``; indices
-    ``"long:1000"`` for values 0..999, by default below the model's smallest embedding); without
-    them a size is an input of the model's floating dtype."""
+    arguments); neither: parameters per module, without a forward. ``dtypes``, one per size, are
+    torch dtypes or names (``"bfloat16"``; indices ``"long:1000"`` for values 0..999, by default
+    below the model's smallest embedding); without them a size is an input of the model's
+    floating dtype. ``depth`` folds deeper rows into their parent; ``columns`` picks from
+    :data:`torchprobe.stats.result.COLUMNS`; ``mode="train"`` runs the modules in training mode
+    with autograd recording, so the bytes saved for backward are counted. The RF columns appear
+    when input ``input_index`` has a spatial axis under ``layout`` (by default: C, then at least
+    one more dim)."""
     model = unwrap(model)  # the rows name the model inside torch.compile or data parallelism
+    chosen = _columns(columns, mode)
+    if input_size is None and input_data is None:
+        return ModelSummary.of_parameters(model, depth, chosen)
     inputs, keywords = model_inputs(input_size, input_data, kwargs, dtypes, model)
     positional = [_shape_of(x)[1:] for x in inputs]
     shapes = tuple(positional) + tuple(_shape_of(v)[1:] for v in keywords.values() if isinstance(v, torch.Tensor))
     spatial = input_index < len(inputs) and bool(input_layout(layout, positional, input_index).spatial)
     stats = SummaryProbe()
     rf = RFProbe(input_index=input_index, layout=layout) if spatial else None
-    outcome = Tracer(model, [stats] + ([rf] if rf else [])).run(inputs, keywords, device=device)
-    rf_part = _rf_result(rf, outcome) if rf else None
-    return ModelSummary(model, shapes, tuple(stats.result()), rf_part, outcome.device, outcome.fallback_reason)
+    outcome = _diagnosed(lambda: Tracer(model, [stats] + ([rf] if rf else [])).run(inputs, keywords, device, mode),
+                         model, inputs, keywords, device, layout)
+    return ModelSummary(model, shapes, tuple(stats.result()), _rf_result(rf, outcome) if rf else None, outcome.device,
+                        outcome.fallback_reason, stats.pass_memory(), mode, depth, chosen)
+
+
+def _columns(columns: Sequence[str] | None, mode: Mode) -> tuple[str, ...]:
+    if mode not in ("eval", "train"):
+        raise UsageError(f"bad mode {mode!r}: expected eval or train")
+    if columns is None:
+        return DEFAULT_COLUMNS + (("saved",) if mode == "train" else ())
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        raise UsageError(f"unknown column {unknown[0]!r}: expected some of {', '.join(COLUMNS)}")
+    return tuple(columns)
+
+
+def _diagnosed(run: Callable[[], TraceOutcome], model: nn.Module, inputs: list[Any], kwargs: dict[str, Any],
+               device: str, layout: LayoutArg) -> TraceOutcome:
+    """Run a pass; when the model's forward fails, raise what :func:`trace` says of it (the
+    same :class:`ShapeError`, with the diagnosis), not the bare error."""
+    try:
+        return run()
+    except ForwardError as error:
+        if isinstance(error, ShapeError):
+            raise
+        _shape_trace(model, inputs, kwargs, False, device, layout)  # raises the diagnosed ShapeError
+        raise  # the forward fails only with these probes attached: their error as it is
 
 
 def _shape_of(x: Any) -> tuple[int, ...]:
@@ -116,7 +150,14 @@ def trace(
     expected, what it received, which call produced that, and the fix. A model too small for its
     input is told the smallest size per spatial axis of input 0's ``layout`` (``"LC"``: tokens).
     """
-    inputs, kwargs = model_inputs(input_size, input_data, kwargs, dtypes, model)
+    inputs, keywords = model_inputs(input_size, input_data, kwargs, dtypes, model)
+    return _shape_trace(model, inputs, keywords, ops, device, layout)
+
+
+def _shape_trace(model: nn.Module, inputs: list[Any], kwargs: dict[str, Any], ops: bool, device: str,
+                 layout: LayoutArg) -> ShapeTrace:
+    """:func:`trace` of inputs already built (what ``summary`` and ``receptive_field`` call to
+    diagnose their failure the same way)."""
     shapes_in = [_shape_of(x)[1:] for x in inputs]
     spatial = [1 + d for d in input_layout(layout, shapes_in, 0).spatial] if inputs else []
     probe = ShapeProbe(ops=ops)
@@ -128,8 +169,10 @@ def trace(
         sizes = [x for x in inputs if isinstance(x, torch.Size)]
         smallest = ((lambda: smallest_input_size(model, inputs, 0, kwargs, spatial))
                     if len(sizes) == len(inputs) else None)
-        diagnosis = diagnose(cause, probe.failed_stack, probe.failed_op, probe.producer_of, smallest)
+        diagnosis = diagnose(cause, probe.failed_stack, probe.failed_op, probe.producer_of, smallest, probe.unbatched)
         partial = ShapeTrace(shapes, tuple(probe.result()), "meta", None, diagnosis)
-        headline = f"{diagnosis.module or '(model)'} ({diagnosis.module_type}): {diagnosis.fix}"
-        raise ShapeError(str(partial), headline, partial, diagnosis, error.input_related) from cause
+        where = f"{diagnosis.module or '(model)'} ({diagnosis.module_type})"
+        headline = f"{where} failed: {diagnosis.error}" if diagnosis.kind == "other" else f"{where}: {diagnosis.fix}"
+        input_related = error.input_related or diagnosis.kind in INPUT_KINDS
+        raise ShapeError(str(partial), headline, partial, diagnosis, input_related) from cause
     return ShapeTrace(shapes, tuple(probe.result()), outcome.device, outcome.fallback_reason)

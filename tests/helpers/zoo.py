@@ -62,3 +62,15 @@ class KeywordInputs(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         y = self.conv(x)
         return y if mask is None else y * mask
+
+
+class TokenClassifier(nn.Module):
+    """Token ids in, a class per sequence out: an input that must be integers below 100."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(100, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(tokens).mean(1))

@@ -6,7 +6,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 import typer
@@ -14,9 +14,11 @@ from rich.console import Console
 
 from torchprobe import api
 from torchprobe.cli.model_spec import load_model, parse_input, parse_kwargs
+from torchprobe.engine.tracer import Mode
 from torchprobe.errors import ForwardError, RFError, UsageError
 from torchprobe.render import RENDER_WIDTH, rf_table, summary_table, trace_table
 from torchprobe.shapes.result import ShapeError
+from torchprobe.stats.result import COLUMNS, DEFAULT_COLUMNS
 from torchprobe.version import __version__
 
 EXIT_MODEL_FAILED, EXIT_USAGE = 1, 2
@@ -39,6 +41,9 @@ Layouts = Annotated[list[str] | None, typer.Option(
     "--layout", help="Letters naming the input's dims, batch excluded: C a channel/feature dim, others spatial "
     "axes (CHW, LC for tokens, T for a raw signal); repeat for several inputs.")]
 Device = Annotated[str, typer.Option("--device", help="auto (meta, real tensors if needed), meta, cpu or cuda.")]
+Dtypes = Annotated[list[str] | None, typer.Option(
+    "--dtype", help="The input's dtype (float16, bfloat16, long...; indices long:HIGH for values 0..HIGH-1); repeat "
+    "for several inputs. Default: the model's floating dtype.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 
 
@@ -59,6 +64,7 @@ def rf(
     depth: Depth = None,
     input_index: Annotated[int, typer.Option("--rf-input", min=0, help="Which input the RF is measured on.")] = 0,
     layout: Layouts = None,
+    dtypes: Dtypes = None,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:
@@ -67,7 +73,7 @@ def rf(
     def run() -> None:
         model, sizes = _model_and_sizes(spec, kwargs, inputs)
         result = api.receptive_field(model, sizes, device=_device(device), strict=strict, input_index=input_index,
-                                     layout=_layout(layout))
+                                     layout=_layout(layout), dtypes=dtypes or None)
         _show(result, as_json, lambda: rf_table(result, depth=depth))
 
     _guarded(run, debug)
@@ -82,6 +88,7 @@ def trace(
     ops: Annotated[bool, typer.Option("--ops", help="Also list functional ops called in composite modules.")] = False,
     depth: Depth = None,
     layout: Layouts = None,
+    dtypes: Dtypes = None,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:
@@ -90,7 +97,8 @@ def trace(
     def run() -> None:
         model, sizes = _model_and_sizes(spec, kwargs, inputs)
         try:
-            result = api.trace(model, sizes, ops=ops, device=_device(device), layout=_layout(layout))
+            result = api.trace(model, sizes, ops=ops, device=_device(device), layout=_layout(layout),
+                               dtypes=dtypes or None)
         except ShapeError as failure:
             partial = failure.trace
             _show(partial, as_json, lambda: trace_table(partial, depth=depth))
@@ -103,23 +111,33 @@ def trace(
 @app.command()
 def summary(
     spec: Spec,
-    inputs: Inputs,
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", "-i", help="Input size without the batch dim, e.g. 1,28,28; repeat for several inputs; "
+        "none: parameters per module, without a forward.")] = None,
     kwargs: Kwargs = None,
     as_json: AsJson = False,
     depth: Depth = None,
+    columns: Annotated[str | None, typer.Option(
+        "--columns", help=f"Comma-separated, from: {', '.join(COLUMNS)} "
+        f"(default: {','.join(DEFAULT_COLUMNS)}).")] = None,
+    mode: Annotated[str, typer.Option(
+        "--mode", help="eval, or train: training mode with autograd, counting the bytes saved for backward.")] = "eval",
     rf_steps: Annotated[
         bool, typer.Option("--rf-steps", help="Print each receptive-field step with its formula.")
     ] = False,
     layout: Layouts = None,
+    dtypes: Dtypes = None,
     device: Device = "auto",
     debug: Debug = False,
 ) -> None:
-    """Shapes, parameters (shared ones once), receptive field and FLOPs in one table, with totals."""
+    """Shapes, parameters (shared ones once), receptive field, FLOPs and memory in one table, with totals."""
 
     def run() -> None:
-        model, sizes = _model_and_sizes(spec, kwargs, inputs)
-        result = api.summary(model, sizes, device=_device(device), layout=_layout(layout))
-        _show(result, as_json, lambda: summary_table(result, depth=depth, debug=rf_steps))
+        model, sizes = _model_and_sizes(spec, kwargs, inputs or [])
+        chosen = [c.strip() for c in columns.split(",")] if columns is not None else None
+        result = api.summary(model, sizes or None, depth=depth, columns=chosen, mode=cast(Mode, mode),
+                             dtypes=dtypes or None, layout=_layout(layout), device=_device(device))
+        _show(result, as_json, lambda: summary_table(result, debug=rf_steps))
 
     _guarded(run, debug)
 

@@ -21,6 +21,7 @@ DiagnosisKind = Literal[
     "too_small", "linear_in_features", "conv_rank", "conv_in_channels", "norm_size", "embedding_dtype",
     "embedding_range", "mha_embed_dim", "matmul", "view", "cat", "op", "assertion", "input_size", "other",
 ]
+INPUT_KINDS = ("too_small", "conv_rank", "input_size")  # the input given is at fault, not the model
 Sizes = Callable[[], InputSizes | None]
 
 
@@ -58,17 +59,21 @@ def diagnose(
     failed_op: OpCall | None,
     producer_of: Producer,
     input_sizes: Sizes | None = None,
+    unbatched: ModuleCall | None = None,
 ) -> Diagnosis:
     """Explain ``error``: too small, module-specific checks, a failed assertion, then the failing
     functional op (an input-size problem when the op depends on the size and other sizes pass),
     then a generic account with the operands' shapes. ``input_sizes`` searches the sizes the
-    model takes (None: the input was given as data, its size is not ours to change)."""
+    model takes (None: the input was given as data, its size is not ours to change).
+    ``unbatched``: a conv that read the model input as unbatched, the cause whatever failed."""
     call = stack[-1] if stack else None
     name = call.name if call else ""
     kind_name = call.type if call else "model"
     text = one_line(error)
     if is_too_small(error):
         return _too_small(call, producer_of, input_sizes() if input_sizes else None, text)
+    if unbatched is not None:
+        return replace(_conv_rank(unbatched, producer_of), error=text)
     if call is not None:
         for check in _MODULE_CHECKS:
             found = check(call, producer_of, text)
@@ -236,12 +241,7 @@ def _conv(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | Non
         return None
     n = len(m.kernel_size)
     if x.dim() not in (n + 1, n + 2) or _lacks_an_axis(m, x):
-        producer = producer_of(x)
-        return Diagnosis(
-            "conv_rank", call.name, call.type,
-            f"a {n + 2}-D input (N, C, {', '.join('DHW'[3 - n:])}) or {n + 1}-D unbatched",
-            f"{_shape(x)} ({x.dim()}-D)", producer, _rank_fix(call, x, n, producer), text,
-        )
+        return replace(_conv_rank(call, producer_of), error=text)
     channels = x.shape[-n - 1]
     if channels == m.in_channels:
         return None
@@ -250,6 +250,17 @@ def _conv(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis | Non
         f"{_shape(x)}: {channels} channels", producer_of(x),
         f"make {call.name} {call.type}({channels}, {m.out_channels}, ...), or give it {m.in_channels}-channel input",
         text,
+    )
+
+
+def _conv_rank(call: ModuleCall, producer_of: Producer) -> Diagnosis:
+    x = _first_tensor(call.args)
+    assert x is not None and isinstance(call.module, nn.modules.conv._ConvNd)
+    n, producer = len(call.module.kernel_size), producer_of(x)
+    return Diagnosis(
+        "conv_rank", call.name, call.type,
+        f"a {n + 2}-D input (N, C, {', '.join('DHW'[3 - n:])}) or {n + 1}-D unbatched",
+        f"{_shape(x)} ({x.dim()}-D)", producer, _rank_fix(call, x, n, producer), "",
     )
 
 
@@ -267,7 +278,8 @@ def _rank_fix(call: ModuleCall, x: torch.Tensor, n: int, producer: str | None) -
     from_input = (producer or "").startswith("model input")
     if x.dim() == n + 1 and from_input:
         axes = "C," + ",".join("THW"[3 - n:])
-        given = ",".join(str(s) for s in (x.shape[1], *[16] * (n - x.dim() + 2), *x.shape[2:]))
+        fill = 16 if n == 3 else max(x.shape[2:], default=16)  # frames for a video, else a square image
+        given = ",".join(str(s) for s in (x.shape[1], *[fill] * (n - x.dim() + 2), *x.shape[2:]))
         return f"the input lacks an axis: give a {n + 1}-D per-sample input {axes} such as {given} (--input {given})"
     if x.dim() < n + 1:
         return f"give {call.name} a {n + 2}-D tensor: add the missing dims (e.g. x.unsqueeze(1) for a channel dim)"

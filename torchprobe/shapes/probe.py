@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from torchprobe.engine.events import ModuleCall, OpCall, shows_its_ops
@@ -32,15 +33,18 @@ class ShapeProbe(Probe):
         self.producers: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
         self.failed_op: OpCall | None = None
         self.failed_stack: list[ModuleCall] = []
+        self.unbatched: ModuleCall | None = None  # the first conv that read a model input as unbatched
         self._open: dict[int, int] = {}  # id of a running ModuleCall -> its row
 
     def start(self, inputs: Sequence[Any]) -> None:
-        self.rows, self._open, self.failed_op, self.failed_stack = [], {}, None, []
+        self.rows, self._open, self.failed_op, self.failed_stack, self.unbatched = [], {}, None, [], None
         self.producers = WeakTensorKeyDictionary()
         for i, x in enumerate(tensors_in(list(inputs))):
             self.producers[x] = f"model input {i}"
 
     def module_enter(self, call: ModuleCall) -> None:
+        if self.unbatched is None and _reads_an_input_unbatched(call, self.producer_of):
+            self.unbatched = call
         self._open[id(call)] = len(self.rows)
         self.rows.append(CallRow(**call.site.site_dict(), inputs=call_inputs(call.args, call.kwargs)))
 
@@ -75,3 +79,11 @@ class ShapeProbe(Probe):
 
     def result(self) -> list[CallRow]:
         return self.rows
+
+
+def _reads_an_input_unbatched(call: ModuleCall, producer_of: Any) -> bool:
+    """A conv given a model input with one dim too few for a batch: the size given lacks an axis
+    (torchprobe adds the batch dim), whatever fails later."""
+    x = next(iter(tensors_in(call.args)), None)
+    return (isinstance(call.module, nn.modules.conv._ConvNd) and x is not None
+            and x.dim() == len(call.module.kernel_size) + 1 and (producer_of(x) or "").startswith("model input"))

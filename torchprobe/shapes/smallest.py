@@ -154,8 +154,9 @@ class InputSizes:
     def admissible(self, near: Sequence[int]) -> tuple[AxisSizes, ...] | None:
         """Per axis, the sizes a forward passes at, tried around ``near``: the multiples of 64,
         32, ... 1 nearest to it, then every size up to a bound if the model is small enough for
-        that many forwards (decided by its size, never by a clock, so the answer is reproducible). Equal sizes are tried together (one set for every axis). None when an
-        axis has no size that passed."""
+        that many forwards (decided by its size, never by a clock: the answer is reproducible).
+        Equal sizes are tried together (one set for every axis). None when an axis has no size
+        that passed."""
         n_axes, bound = len(self.dims), min(TRY_LIMIT, max(64, 2 * max(near)))
         square = len(set(near)) == 1
         joint = self._axis(lambda n: [n] * n_axes, max(near), None)

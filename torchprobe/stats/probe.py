@@ -1,15 +1,16 @@
-"""The summary probe: per module call, its output, the FLOPs counted while it ran and the
-parameters its own ops read.
+"""The summary probe: per module call, its output, the FLOPs counted while it ran, the bytes its
+ops allocated and autograd saved for backward, and the parameters its own ops read.
 
 FLOPs come from ``torch.utils.flop_counter``'s formulas on meta shapes (:mod:`.flops`), read
 before and after each call. A parameter belongs to the call whose ops read it (seen when the tensor enters an op),
 so a submodule used through ``.weight`` (``nn.MultiheadAttention.out_proj``) or a ``ParameterList``
-is counted where it is used.
+is counted where it is used. Memory is followed storage by storage (:mod:`.memory`).
 """
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from torchprobe.engine.probe import Probe
 from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.shapes.tensors import describe
 from torchprobe.stats.flops import FlopCounter, ran_on_a_real_device
+from torchprobe.stats.memory import MemoryCounter
 
 
 @dataclass(frozen=True)
@@ -30,20 +32,38 @@ class CallStats(CallSite):
     module: nn.Module = field(repr=False)
     output: Any = None  # described: TensorDesc, or containers of them
     flops: int = 0  # inclusive of the calls inside it
+    allocated: int = 0  # bytes of the storages its ops created, inclusive
+    saved: int = 0  # bytes its ops saved for backward, alive when the pass ended (mode="train"), inclusive
     reads: frozenset[str] = frozenset()  # qualified names of the parameters its own ops read
+
+
+@dataclass(frozen=True)
+class PassMemory:
+    """Bytes of one pass beyond the model's own: the input, and the most the ops' storages held
+    at once."""
+
+    input_bytes: int
+    peak_activations: int
 
 
 class SummaryProbe(Probe):
     def __init__(self) -> None:
         self.rows: list[CallStats] = []
         self.counter = FlopCounter()
-        self._open: list[tuple[int, int]] = []  # (row index, FLOPs counted when it started)
+        self.memory = MemoryCounter()
+        self.input_bytes = 0
+        self._open: list[tuple[int, int, int]] = []  # row index; FLOPs and bytes allocated when it started
         self._names: dict[int, str] = {}  # id of a parameter (the pass's stand-in) -> its qualified name
         self._reads: dict[int, set[str]] = {}  # row index -> parameters its own ops read
 
     def context(self) -> AbstractContextManager[Any]:
-        self.counter = FlopCounter()
-        return self.counter
+        return self._counting()
+
+    @contextmanager
+    def _counting(self) -> Iterator[None]:
+        self.counter, self.memory = FlopCounter(), MemoryCounter()
+        with self.counter, self.memory.saving():
+            yield
 
     def start(self, inputs: Any) -> None:
         self.rows, self._open, self._names, self._reads = [], [], {}, {}
@@ -52,26 +72,49 @@ class SummaryProbe(Probe):
         if not self._open:  # the root call: the pass's stand-ins are the module's parameters now
             for name, tensor in call.module.named_parameters(remove_duplicate=False):
                 self._names.setdefault(id(tensor), name)
+            self.memory.hold([*call.module.parameters(), *call.module.buffers()])
+            self.input_bytes = self.memory.hold(tensors_in((call.args, call.kwargs)))
         parent = self._open[-1][0] if self._open else None
         self.rows.append(CallStats(**call.site.site_dict(), parent=parent, module=call.module))
-        self._open.append((len(self.rows) - 1, self.total_flops()))
+        self._open.append((len(self.rows) - 1, self.counter.total, self.memory.allocated))
+        self.memory.tag = len(self.rows) - 1
 
     def module_exit(self, call: ModuleCall) -> None:
-        index, started = self._open.pop()
-        self.rows[index] = replace(self.rows[index], flops=self.total_flops() - started, output=describe(call.output),
-                                   reads=frozenset(self._reads.pop(index, ())))
+        index, flops, allocated = self._open.pop()
+        self.rows[index] = replace(
+            self.rows[index], output=describe(call.output), flops=self.counter.total - flops,
+            allocated=self.memory.allocated - allocated, reads=frozenset(self._reads.pop(index, ())),
+        )
+        self.memory.tag = self._open[-1][0] if self._open else -1
+        if not self._open:
+            self._close_memory()
+
+    def _close_memory(self) -> None:
+        """What is saved for backward is known once the pass ends (a graph whose output died freed
+        its saved tensors): each row gets its own ops' and its children's."""
+        self.memory.close()
+        saved = self.memory.saved_by_tag()
+        for index in range(len(self.rows) - 1, -1, -1):  # children come after their parent
+            row = self.rows[index]
+            self.rows[index] = replace(row, saved=row.saved + saved.get(index, 0))
+            if row.parent is not None:
+                saved[row.parent] = saved.get(row.parent, 0) + self.rows[index].saved
+
+    def failed(self, error: BaseException, stack: Any) -> None:
+        self._close_memory()
 
     def function(self, op: OpCall) -> None:
         if not self._open:
             return
         if ran_on_a_real_device(op):
             self.counter.replay_on_meta(op)
+        self.memory.see(tensors_in(op.output))
         names = [self._names[id(t)] for t in tensors_in((op.args, op.kwargs)) if id(t) in self._names]
         if names:
             self._reads.setdefault(self._open[-1][0], set()).update(names)
 
-    def total_flops(self) -> int:
-        return self.counter.total
-
     def result(self) -> list[CallStats]:
         return self.rows
+
+    def pass_memory(self) -> PassMemory:
+        return PassMemory(self.input_bytes, self.memory.peak)
