@@ -46,6 +46,7 @@ def test_no_number_is_cut_in_a_narrow_terminal(width: int) -> None:
     from torchvision.models import resnet18
 
     from torchprobe.render import render_text, rf_table, summary_table, trace_table
+    from torchprobe.stats.result import COLUMNS
 
     summary = torchprobe.summary(resnet18(), (3, 224, 224))
     text = render_text(summary_table(summary, depth=1), width=width)
@@ -53,6 +54,9 @@ def test_no_number_is_cut_in_a_narrow_terminal(width: int) -> None:
     for number in ("11,689,512", "3.63 G", "236.03 M", "8,393,728"):
         assert number in text, f"{number} is cut at {width} columns:\n{text}"
     assert max(len(line) for line in text.splitlines()) <= width
+    every_column = torchprobe.summary(resnet18(), (3, 224, 224), mode="train", columns=COLUMNS)
+    text = render_text(summary_table(every_column, depth=1), width=width)
+    assert "…" not in text and "11,689,512" in text and max(len(line) for line in text.splitlines()) <= width
     rf = render_text(rf_table(RESULTS["rf"]), width=width)
     trace = render_text(trace_table(RESULTS["trace"]), width=width)
     assert "…" not in rf and "…" not in trace
