@@ -212,3 +212,12 @@ def test_an_error_without_a_specific_fix_is_quoted_in_the_one_line_summary() -> 
     with pytest.raises(torchprobe.ShapeError) as failure:
         torchprobe.trace(Boom(), (3,))
     assert failure.value.summary == "(model) (Boom) failed: ValueError: boom"
+
+
+def test_an_embedding_given_floats_is_told_the_dtype_to_pass() -> None:
+    from tests.helpers.zoo import TokenClassifier
+
+    with pytest.raises(torchprobe.ShapeError) as failure:
+        torchprobe.trace(TokenClassifier(), (12,))
+    assert failure.value.diagnosis.kind == "embedding_dtype" and "--dtype long" in failure.value.diagnosis.fix
+    torchprobe.trace(TokenClassifier(), (12,), dtypes=["long"])

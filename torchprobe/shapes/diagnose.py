@@ -317,10 +317,12 @@ def _embedding(call: ModuleCall, producer_of: Producer, text: str) -> Diagnosis 
     if not isinstance(m, nn.Embedding) or x is None:
         return None
     if x.is_floating_point():
-        return Diagnosis(
-            "embedding_dtype", call.name, call.type, "integer indices (torch.long)", _shape(x), producer_of(x),
-            "pass integer token ids (x.long()); for input_size-based runs give input_data with real indices", text,
-        )
+        producer = producer_of(x)
+        fix = (f"give the input as token ids: dtypes=[\"long\"] (--dtype long; values below {m.num_embeddings}), "
+               "or input_data with real ids" if (producer or "").startswith("model input") else
+               f"pass integer token ids to {call.name} (x.long())")
+        return Diagnosis("embedding_dtype", call.name, call.type, "integer indices (torch.long)", _shape(x), producer,
+                         fix, text)
     if x.device.type == "meta" or x.numel() == 0:
         return None
     low, high = int(x.min()), int(x.max())
