@@ -168,13 +168,15 @@ def test_vit_parameters_add_up_at_every_depth(depth) -> None:
     assert sum(line.params for line in result.lines(depth)) == result.total_params
 
 
-@pytest.mark.parametrize("factory", [lambda: nn.LSTM(16, 32), lambda: nn.GRU(16, 8, num_layers=2), Net],
-                         ids=["lstm", "gru", "seed_net"])
-def test_flops_do_not_depend_on_the_device(factory) -> None:
+@pytest.mark.parametrize("factory, size", [
+    (lambda: nn.LSTM(16, 32), (10, 16)), (lambda: nn.GRU(16, 8, num_layers=2), (10, 16)), (Net, (1, 28, 28)),
+    (lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), (10, 32)),
+    (lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2), (10, 32)),
+], ids=["lstm", "gru", "seed_net", "encoder_layer", "encoder"])
+def test_flops_do_not_depend_on_the_device(factory, size) -> None:
     """FLOPs are counted on meta shapes: on the CPU an LSTM is one fused kernel that
-    FlopCounterMode cannot see (it counted 0 there, 122,880 on meta)."""
+    FlopCounterMode cannot see (it counted 0 there, 122,880 on meta), and so is fused attention."""
     model = factory().eval()
-    size = (1, 28, 28) if isinstance(model, Net) else (10, 16)
     meta, cpu = (torchprobe.summary(model, size, device=d) for d in ("meta", "cpu"))
     assert cpu.device == "cpu" and meta.total_flops > 0
     assert [c.flops for c in cpu.calls] == [c.flops for c in meta.calls]
