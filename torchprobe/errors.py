@@ -24,5 +24,9 @@ class ForwardError(TorchProbeError):
         self.input_related = input_related
 
 
+class ModelCodeError(TorchProbeError):
+    """The user's own code failed outside a forward: importing or building the model."""
+
+
 class RFError(TorchProbeError):
     """Strict mode: an op with spatial output has no receptive-field rule."""

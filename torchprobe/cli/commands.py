@@ -14,8 +14,9 @@ from rich.console import Console
 
 from torchprobe import api
 from torchprobe.cli.model_spec import load_model, parse_input, parse_kwargs
+from torchprobe.engine.torch_utils import one_line
 from torchprobe.engine.tracer import Mode
-from torchprobe.errors import ForwardError, RFError, UsageError
+from torchprobe.errors import ForwardError, ModelCodeError, RFError, UsageError
 from torchprobe.render import RENDER_WIDTH, rf_table, summary_table, trace_table
 from torchprobe.shapes.result import ShapeError
 from torchprobe.stats.result import COLUMNS, DEFAULT_COLUMNS
@@ -182,8 +183,10 @@ def _guarded(run: Callable[[], Any], debug: bool) -> None:
     """One ``error:`` line and an exit code instead of a traceback (unless ``--debug``)."""
     try:
         run()
-    except ModelFailed as failure:
+    except (ModelFailed, ModelCodeError) as failure:
         _report(str(failure), EXIT_MODEL_FAILED, debug)
+    except OSError as error:  # the output could not be written: a full disk, a closed pipe
+        _report(f"writing the output failed: {one_line(error)}", EXIT_MODEL_FAILED, debug)
     except (UsageError, ForwardError, RFError) as error:
         message = error.summary if isinstance(error, ShapeError) else str(error)
         input_related = isinstance(error, UsageError) or getattr(error, "input_related", False)

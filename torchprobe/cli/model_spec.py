@@ -13,8 +13,9 @@ from typing import Any
 
 from torch import nn
 
+from torchprobe.engine.inputs import MAX_ELEMENTS
 from torchprobe.engine.torch_utils import one_line
-from torchprobe.errors import UsageError
+from torchprobe.errors import ModelCodeError, UsageError
 
 SPEC_HELP = "expected FILE.py:NAME or package.module:NAME (NAME a module class or a factory)"
 
@@ -63,7 +64,9 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise UsageError(f"--kwargs is not valid JSON ({error.msg} at character {error.pos}): {text!r}") from error
+        raise UsageError(f"--kwargs is not valid JSON ({error.msg} at character {error.pos}): {text[:80]!r}") from error
+    except RecursionError as error:
+        raise UsageError("--kwargs is nested too deeply to read") from error
     if not isinstance(value, dict):
         raise UsageError(f"--kwargs must be a JSON object like '{{\"num_classes\": 10}}', got {text!r}")
     return value
@@ -72,11 +75,14 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
 def parse_input(text: str) -> tuple[int, ...]:
     """``1,28,28`` (no batch dimension) -> ``(1, 28, 28)``."""
     parts = [p.strip() for p in text.replace("x", ",").split(",")]
-    if not parts or not all(p.isdigit() for p in parts) or any(int(p) == 0 for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts) or any(int(p) == 0 for p in parts):
         raise UsageError(
             f"bad --input {text!r}: expected positive integers C,H,W without the batch dimension, e.g. 1,28,28"
         )
-    return tuple(int(p) for p in parts)
+    size = tuple(int(p) for p in parts)
+    if any(s >= MAX_ELEMENTS for s in size):
+        raise UsageError(f"bad --input {text!r}: a dimension is too large")
+    return size
 
 
 def _looks_like_file(source: str) -> bool:
@@ -96,6 +102,9 @@ def _import_file(source: str) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as error:  # the user's code ended the process: its error, not the usage's
+        sys.modules.pop(name, None)
+        raise ModelCodeError(f"importing {source} called sys.exit({error.code!r})") from error
     except Exception as error:
         sys.modules.pop(name, None)
         raise UsageError(f"importing {source} failed: {one_line(error)}") from error

@@ -3,6 +3,8 @@ the positional and keyword inputs of one forward."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,11 +13,12 @@ import torch
 from torch import nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
-from torchprobe.engine.torch_utils import META
+from torchprobe.engine.torch_utils import META, available_bytes
 from torchprobe.errors import UsageError
 
 DTYPE_HELP = "a torch dtype such as float32, bfloat16 or long (indices: long:HIGH for values 0..HIGH-1)"
 
+MAX_ELEMENTS = 2**62  # beyond, a size overflows torch's int64 element counts
 _value_bounds = WeakTensorKeyDictionary()  # an integer meta input -> the bound of its values
 
 
@@ -52,15 +55,50 @@ def batch_sizes(input_size: Any, batch: int = 1) -> list[torch.Size]:
     """``(1, 28, 28)`` or ``[(3, 32, 32), (1, 32, 32)]`` -> sizes with a batch dimension."""
     if not input_size:
         raise UsageError("input size is empty: give C,H,W (no batch dimension)")
-    sizes = [input_size] if isinstance(input_size[0], int) else list(input_size)
+    sizes = list(input_size) if isinstance(input_size[0], Sequence) else [input_size]
     out = []
     for size in sizes:
-        if not all(isinstance(s, int) for s in size):
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
             raise UsageError(f"input size {tuple(size)} must be integers")
+        size = tuple(int(s) for s in size)
         if any(s <= 0 for s in size):
-            raise UsageError(f"input size {tuple(size)} has a non-positive dimension")
+            raise UsageError(f"input size {size} has a non-positive dimension")
+        if math.prod(size) * batch >= MAX_ELEMENTS:
+            raise UsageError(f"input size {size} is too large: {math.prod(size) * batch:,} elements")
         out.append(torch.Size((batch, *size)))
     return out
+
+
+def check_fits(model: nn.Module, inputs: Sequence[Any], kwargs: Mapping[str, Any], device: str, why: str) -> None:
+    """Before a pass on real tensors: refuse, with the figures, one whose inputs and copies of the
+    parameters and buffers alone would not fit in the memory ``device`` has free (the meta pass
+    failed for ``why``), instead of trying to allocate it."""
+    drawn = sum(_drawn_bytes(x) for x in [*inputs, *kwargs.values()])
+    copies = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    free = available_bytes(device)
+    if free is not None and drawn + copies > free:
+        raise UsageError(
+            f"the forward needs real tensors ({why}), and on {device} that needs at least "
+            f"{_gib(drawn + copies)} (inputs {_gib(drawn)}, a copy of the parameters and buffers {_gib(copies)}); "
+            f"{_gib(free)} is free: give a smaller input"
+        )
+
+
+def _drawn_bytes(value: Any) -> int:
+    """Bytes a size or a meta tensor becomes on a real device (real tensors exist already)."""
+    if isinstance(value, torch.Size):
+        return math.prod(value) * 4
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size() if value.device.type == META else 0
+    if isinstance(value, (list, tuple)):
+        return sum(_drawn_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_drawn_bytes(v) for v in value.values())
+    return 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 def model_inputs(

@@ -52,6 +52,8 @@ def one_line(error: BaseException | None) -> str:
     """``TypeName: message`` on one line, for error messages that must stay one line."""
     if error is None:
         return ""
+    if isinstance(error, SystemExit):
+        return f"SystemExit: the code called sys.exit({error.code!r})"
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
@@ -117,3 +119,21 @@ def preserved_tensor_attributes(model: nn.Module) -> Iterator[None]:
             for key in [k for k, v in attributes.items() if isinstance(v, torch.Tensor) and k not in tensors]:
                 del attributes[key]
             attributes.update(tensors)
+
+
+def available_bytes(device: str) -> int | None:
+    """Memory free for new tensors on ``device``: the kernel's MemAvailable for the CPU, the
+    driver's free memory for CUDA; None when unknown (nothing is refused then)."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    if kind != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from torchprobe.engine.events import ModuleCall, OpCall
 from torchprobe.engine.faults import forward_failure_message, is_input_error, needs_real_values
-from torchprobe.engine.inputs import to_device
+from torchprobe.engine.inputs import check_fits, to_device
 from torchprobe.engine.probe import Probe
 from torchprobe.engine.torch_utils import (
     META,
@@ -150,6 +150,7 @@ class Tracer:
             if not needs_real_values(error.__cause__):
                 raise
             real = model_device(self.model)
+            check_fits(self.model, inputs, kwargs, real, one_line(error.__cause__))
             return TraceOutcome(self._run_on(real, inputs, kwargs, mode), real,
                                 fallback_reason=one_line(error.__cause__))
 
@@ -174,7 +175,7 @@ class Tracer:
             cleanup.enter_context(_Observer(self))
             try:
                 return torch.func.functional_call(self.model, state, tuple(inputs), kwargs, strict=False)
-            except Exception as error:  # the model's own failure: report it with its place
+            except (Exception, SystemExit) as error:  # the model's own failure (sys.exit too): report it with its place
                 stack = list(self.stack)
                 with self._quiet():
                     for probe in self.probes:

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchprobe.engine.torch_utils import tensors_in
+from torchprobe.engine.torch_utils import one_line, tensors_in
+from torchprobe.errors import UsageError
 from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.placement import NO_UNIT, Columns, Placement
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF, compacted
@@ -101,7 +102,11 @@ class RuleRegistry:
         if not self._loaded_entry_points:
             self._loaded_entry_points = True
             for ep in entry_points(group=RULE_ENTRY_POINT_GROUP):
-                ep.load()
+                try:
+                    ep.load()
+                except Exception as error:  # a third party's bug: name it, never blame the model
+                    raise UsageError(f"the receptive-field rule plugin {ep.name!r} ({ep.value}) failed to load: "
+                                     f"{one_line(error)}; fix or uninstall it") from error
 
 
 RULES = RuleRegistry()
