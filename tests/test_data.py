@@ -11,7 +11,10 @@ import os
 import pickle
 import shutil
 import struct
+import tracemalloc
 import urllib.error
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +238,11 @@ BAD_IDX = {
         "IDX sizes",
     ),
     "label out of range": ("t10k-labels-idx1-ubyte", lambda: idx_bytes(_labels(10_000, 10)), "labels outside 0..9"),
+    "huge count, short data": (
+        "train-images-idx3-ubyte.gz",
+        lambda: gzip.compress(struct.pack(">4I", 2051, 2**32 - 1, 28, 28) + bytes(100)),
+        "IDX sizes (4294967295, 28, 28)",
+    ),
 }
 
 
@@ -321,6 +329,166 @@ def test_malicious_pickle_is_refused_and_not_executed(tmp_path: Path, case: str,
     path.write_bytes(gzip.compress(payload) if compress else payload)
     assert "refused to load" in load_error(path)
     assert not marker.exists()
+
+
+# --- oversized, bombs and foreign files: refused before the memory is spent ---------------------
+
+MB = 1 << 20
+
+
+@cache
+def zeros_gzip(n: int) -> bytes:
+    """``n`` zero bytes gzipped as concatenated members (one 16 MiB member repeated), as a gzip reader
+    inflates them: 2 GiB are 2 MB, built in a blink."""
+    member = gzip.compress(bytes(16 * MB), compresslevel=9)
+    return member * (n // (16 * MB)) + gzip.compress(bytes(n % (16 * MB)))
+
+
+def traced_peak(load: Callable[[], str]) -> tuple[str, int]:
+    """What ``load`` returns, and the peak of Python and numpy allocations while it ran."""
+    tracemalloc.start()
+    try:
+        return load(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+class ArrayState:
+    """Pickles as numpy pickles an array, an empty one rebuilt then given shape, dtype and data by
+    ``__setstate__``: here these need not agree."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: str = "f4", data: bytes = b"") -> None:
+        self.shape, self.dtype, self.data = shape, dtype, data
+
+    def __reduce__(self) -> tuple:
+        state = (1, self.shape, np.dtype(self.dtype), False, self.data)
+        return mnist_data._RECONSTRUCT, (np.ndarray, (0,), b"b"), state
+
+
+def claiming_pickle_gz(shape: tuple[int, ...], data_len: int) -> bytes:
+    """A gzipped MNIST-like pickle whose first images claim ``shape`` and carry ``data_len`` zero
+    bytes of data (a BINBYTES8 string: a BINSTRING stops at 2 GiB)."""
+    marker = b"\xab" * 16
+    out = py2_pickle(_tiny(x=ArrayState(shape, "f4", marker)))
+    at = out.index(pickle.SHORT_BINSTRING + bytes([len(marker)]) + marker)
+    prefix = out[:at] + pickle.BINBYTES8 + struct.pack("<Q", data_len)
+    return gzip.compress(prefix) + zeros_gzip(data_len) + gzip.compress(out[at + 2 + len(marker) :])
+
+
+IDX_BOMBS = {  # the header of a 2 MB gzip inflating to 2 GiB -> (the message, the most memory to spend)
+    (60_000, 28, 28): ("inflates to more than 47040016 bytes", 120 * MB),  # stops past the real file's size
+    (60_000, 28, 27): ("IDX sizes (60000, 28, 27)", 4 * MB),  # stops after the header: the 2 MB file, read
+}
+
+
+@pytest.mark.parametrize("dims", IDX_BOMBS)
+def test_idx_gzip_bomb_stops_early(tmp_path: Path, good_raw: Path, dims: tuple[int, ...]) -> None:
+    bomb = gzip.compress(struct.pack(">4I", 2051, *dims)) + zeros_gzip(2 << 30)
+    assert len(bomb) < 3 * MB
+    replaced = {"train-images-idx3-ubyte": None, "train-images-idx3-ubyte.gz": bomb}
+    folder = raw_folder_with(tmp_path / "raw", good_raw, replaced)
+    message, peak = traced_peak(lambda: load_error(folder))
+    expected, most = IDX_BOMBS[dims]
+    assert message.startswith(f"{folder / 'train-images-idx3-ubyte.gz'}: ") and expected in message
+    assert peak < most
+
+
+def test_pickle_gzip_claiming_3_gib_is_refused_before_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.pkl.gz"
+    path.write_bytes(claiming_pickle_gz((1_100_000, 784), 1_100_000 * 784 * 4))
+    assert path.stat().st_size < 4 * MB
+    message, peak = traced_peak(lambda: load_error(path))
+    assert message.startswith(f"{path}: ") and "more than an MNIST pickle holds" in message
+    assert peak < 10 * MB
+
+
+def _ops(protocol: int, *ops: bytes) -> bytes:
+    return bytes([pickle.PROTO[0], protocol]) + b"".join(ops)
+
+
+CLAIMS = {  # small pickles that claim memory: name -> (its bytes, gzip them?, what the message says)
+    "_reconstruct with a big shape": (
+        lambda: py2_pickle(_tiny(x=Evil(mnist_data._RECONSTRUCT, np.ndarray, (100_000, 784), b"f4"))),
+        False,
+        "arrays of more than",
+    ),
+    "numpy.ndarray called": (
+        lambda: py2_pickle(_tiny(x=Evil(np.ndarray, (100_000, 784), "f4"))),
+        False,
+        "calls numpy.ndarray",
+    ),
+    "__setstate__ shape without the data": (
+        lambda: py2_pickle(_tiny(x=ArrayState((100_000, 784), "f4", bytes(16)))),
+        False,
+        "arrays of more than",
+    ),
+    "BINBYTES8 of 3 GiB, no data": (lambda: _ops(4, pickle.BINBYTES8, struct.pack("<Q", 3 << 30)), False, "more than"),
+    "BINSTRING of 2 GiB, no data": (lambda: _ops(2, pickle.BINSTRING, struct.pack("<i", 2**31 - 1)), True, "more than"),
+    "BYTEARRAY8 of 3 GiB": (lambda: _ops(5, pickle.BYTEARRAY8, struct.pack("<Q", 3 << 30)), False, "opcode"),
+    "a text line of 3 GiB": (lambda: gzip.compress(pickle.INT) + zeros_gzip(3 << 30), False, "line of more than"),
+    "20,001 empty lists": (lambda: _ops(2, pickle.EMPTY_LIST * 20_001, pickle.STOP), False, "more than 10000 opcodes"),
+}
+
+
+@pytest.mark.parametrize("case", CLAIMS)
+def test_pickle_claims_are_refused_before_allocating(tmp_path: Path, case: str) -> None:
+    payload, compress, expected = CLAIMS[case]
+    path = tmp_path / "claims.pkl"
+    path.write_bytes(gzip.compress(payload()) if compress else payload())
+    message, peak = traced_peak(lambda: load_error(path))
+    assert message.startswith(f"{path}: ") and expected in message
+    assert peak < 10 * MB
+
+
+def test_shared_data_cannot_multiply_arrays(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One data string, memoized, fed to many arrays: each would be a new copy."""
+    monkeypatch.setattr(mnist_data, "PICKLE_LIMIT", 100_000)
+    data = bytes(784 * 4 * 8)  # 25 kB
+    path = tmp_path / "shared.pkl"
+    path.write_bytes(py2_pickle([ArrayState((8, 784), "f4", data) for _ in range(10)]))
+    assert path.stat().st_size < 30_000
+    assert "arrays of more than 100000 bytes" in load_error(path)
+
+
+def test_sparse_files_are_refused_by_their_size(tmp_path: Path, good_raw: Path) -> None:
+    """A file's size is checked before it is read: these would be 2 and 3 GiB of memory."""
+    pickle_path = tmp_path / "huge.pkl"
+    with pickle_path.open("wb") as f:
+        f.truncate(3 << 30)
+    assert f"{pickle_path}: 3221225472 bytes, more than an MNIST pickle holds" in load_error(pickle_path)
+    for name in ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"):
+        folder = raw_folder_with(tmp_path / name, good_raw, {"train-images-idx3-ubyte": None})
+        with (folder / name).open("wb") as f:
+            f.truncate(2 << 30)
+        message = load_error(folder)
+        assert message.startswith(f"{folder / name}: 2147483648 bytes, ") and "47040016" in message
+
+
+FOREIGN = {
+    "empty": (b"", "empty file"),
+    "random bytes": (np.random.default_rng(0).bytes(4096), "not an MNIST pickle"),
+    "text": (b"hello, world\n", "not an MNIST pickle"),
+    "an IDX file": (idx_bytes(_labels(10)), "not an MNIST pickle"),
+    "gzipped random bytes": (gzip.compress(np.random.default_rng(1).bytes(4096)), "not an MNIST pickle"),
+    "gzipped nothing": (gzip.compress(b""), "not an MNIST pickle"),
+    "random bytes after gzip's magic": (b"\x1f\x8b" + np.random.default_rng(2).bytes(100), "corrupt"),
+    "truncated plain pickle": (py2_pickle(_tiny())[:-100], "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN)
+def test_foreign_data_file(tmp_path: Path, case: str) -> None:
+    payload, expected = FOREIGN[case]
+    path = tmp_path / "data.bin"
+    path.write_bytes(payload)
+    message = load_error(path)
+    assert message.startswith(f"{path}: ") and expected in message
+
+
+def test_data_path_that_is_not_a_file_or_folder(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert load_error(fifo) == f"{fifo}: not a regular file or a folder"
 
 
 # --- download -------------------------------------------------------------------------------------
