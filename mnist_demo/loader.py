@@ -29,7 +29,11 @@ class PilImages(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 def torchvision_loader(
     split: Split, cfg: AugmentConfig, batch_size: int, generator: torch.Generator, workers: int
 ) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    """Each epoch (each ``iter``) starts fresh workers, seeded from ``generator`` (the run's
+    checkpointed stream) along with the epoch's order: an epoch's augmentations depend only on the
+    generator's state at its start, so a resumed run draws what the uninterrupted one drew.
+    (Persistent workers would carry their random state across epochs, which no checkpoint holds.)"""
     return DataLoader(
         PilImages(split, torchvision_transform(cfg)), batch_size=batch_size, shuffle=True, generator=generator,
-        num_workers=workers, persistent_workers=workers > 0, drop_last=False,
+        num_workers=workers, persistent_workers=False, drop_last=False,
     )

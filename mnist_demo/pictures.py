@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 
 from mnist_demo.augment import MEAN, STD
+from mnist_demo.files import write_file
 from mnist_demo.history import EpochMetrics
 
 
@@ -20,6 +22,13 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(figure: Any, path: Path, dpi: float | None = 100) -> None:
+    """``figure`` as a PNG under ``path``: rendered in memory, written atomically (``files.write_file``)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **({} if dpi is None else {"dpi": dpi}))
+    write_file(path, buffer.getvalue())
 
 
 def curves(history: Sequence[EpochMetrics], path: Path) -> None:
@@ -39,7 +48,7 @@ def curves(history: Sequence[EpochMetrics], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -57,5 +66,5 @@ def samples(images: torch.Tensor, labels: torch.Tensor, path: Path, columns: int
             ax.set_title(str(int(labels[i])), fontsize=8)
     fig.suptitle("Augmented training samples")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnist_demo.files import CONFUSION, CURVES, FAILURES, REPORT, SAMPLES, VAL_FAILURES
+from mnist_demo.files import CONFUSION, CURVES, FAILURES, REPORT, SAMPLES, VAL_FAILURES, save_text
 from mnist_demo.history import EpochMetrics
 
 if TYPE_CHECKING:
@@ -80,4 +80,4 @@ def write_report(
         "```",
         "",
     ]
-    (out / REPORT).write_text("\n".join(lines))
+    save_text("\n".join(lines), out / REPORT)

@@ -6,6 +6,8 @@ hands the passes on clean images to ``evaluate.py`` and the files to ``run_folde
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -24,7 +26,7 @@ from mnist_demo.augment import BatchedAugment
 from mnist_demo.data import MnistData, Split
 from mnist_demo.distributed import ONE_PROCESS, Ranks, all_gather, all_sum, with_global_batchnorm
 from mnist_demo.evaluate import NUM_CLASSES, Scores, evaluate, final_evaluation, recalibrate_batchnorm
-from mnist_demo.files import CHECKPOINT, load_tensors, save_tensors
+from mnist_demo.files import CHECKPOINT, RunFolderError, load_tensors, remove_temp_files, save_tensors
 from mnist_demo.history import EpochMetrics, history_rows
 from mnist_demo.model import Net
 from mnist_demo.recipe import Recipe
@@ -51,18 +53,142 @@ class TrainConfig:
 
 
 def pick_device(name: str, ranks: Ranks = ONE_PROCESS) -> torch.device:
-    """``auto``: CUDA when present (under torchrun, the GPU of this process's local rank)."""
+    """``auto``: CUDA when present (under torchrun, the GPU of this process's local rank). Raises
+    ``ValueError`` (one line, for ``error:``) for a name that is not cpu, cuda or cuda:N, or a GPU
+    this machine lacks."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown --device {name!r}: choose auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if name == "cuda" and ranks.distributed:
         return torch.device("cuda", ranks.local_rank)
-    return torch.device(name)
+    return device
 
 
 def build_model(recipe: Recipe) -> Net:
     return Net(dropout_scale=recipe.dropout_scale, logit_relu=recipe.logit_relu)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_training`, with what is saved: the epoch of the last checkpoint
+    written (or restored), ``None`` when there is none yet."""
+
+    def __init__(self, saved_epoch: int | None) -> None:
+        super().__init__()
+        self.saved_epoch = saved_epoch
+
+
+def run_settings(config: TrainConfig, data: MnistData) -> dict[str, Any]:
+    """Every setting that changes what the run computes (its weights, its history): recorded in
+    the checkpoint, compared on ``--resume``. The device is not one: a run may move to another
+    machine (the numbers then differ by rounding only)."""
+    return {
+        "recipe": config.recipe.to_dict(),  # epochs and batch size included
+        "seed": config.seed,
+        "limit": config.limit,
+        "eval_limit": config.eval_limit,
+        "augment": config.augment,
+        "workers": config.workers if config.augment == "torchvision" else None,  # each draws its own stream
+        "dtype": str(config.dtype).removeprefix("torch."),
+        "data": data_digest(data),
+        "processes": config.ranks.world,
+    }
+
+
+def data_digest(data: MnistData) -> str:
+    """The sha256 of the data file read or, for a torchvision folder, of the images and labels."""
+    if data.sha256:
+        return data.sha256
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        for tensor in (split.images, split.labels):
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return f"tensors:{digest.hexdigest()}"
+
+
+def _flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """One level, named as the options are (the recipe's fields at the top, its augmentation as
+    ``augmentation.<field>``), with JSON's values (tuples as lists)."""
+    flat: dict[str, Any] = {}
+    for key, value in json.loads(json.dumps(settings)).items():
+        if key != "recipe" or not isinstance(value, dict):
+            flat[key] = value
+            continue
+        for field, setting in value.items():
+            if field == "augment" and isinstance(setting, dict):
+                flat.update({f"augmentation.{k}": v for k, v in setting.items()})
+            else:
+                flat["recipe" if field == "name" else field] = setting
+    return flat
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    text = str(value)
+    return text if len(text) <= 24 else text[:16] + "..."
+
+
+def settings_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"limit 2048 (now 4096)"`` for each setting that differs (absent: ``missing``)."""
+    old, new = _flat_settings(saved), _flat_settings(now)
+    return [f"{key} {_shown(old.get(key, 'missing'))} (now {_shown(new.get(key, 'missing'))})"
+            for key in {**old, **new} if old.get(key, "missing") != new.get(key, "missing")]
+
+
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "generator", "torch_rng", "history", "settings",
+                   "watcher")
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :meth:`Trainer.save`, its structure and types checked; any other
+    file raises :class:`RunFolderError` (one line, naming ``path``)."""
+    state = load_tensors(path)
+
+    def bad(what: str) -> RunFolderError:
+        return RunFolderError(f"{path}: not a checkpoint of this demo ({what})")
+
+    if not isinstance(state, dict):
+        raise bad(f"it holds a {type(state).__name__}, not a dict")
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing == ["settings"]:
+        raise RunFolderError(f"{path}: written by an older version of the demo, which did not record the run's "
+                             f"settings: it cannot be resumed safely; start a new run")
+    if missing:
+        raise bad(f"no {', '.join(missing)}")
+    epoch = state["epoch"]
+    if type(epoch) is not int or epoch < 0:
+        raise bad(f"epoch {epoch!r}")
+    if not isinstance(state["model"], dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        raise bad("model: not a state dict of tensors")
+    for key in ("optimizer", "scheduler", "settings"):
+        if not isinstance(state[key], dict):
+            raise bad(f"{key}: a {type(state[key]).__name__}, not a dict")
+    if not _byte_tensor(state["generator"]):
+        raise bad("generator: not a random-generator state")
+    ranks = state["torch_rng"]
+    if not isinstance(ranks, list) or not ranks or not all(
+            isinstance(r, dict) and _byte_tensor(r.get("cpu")) for r in ranks):
+        raise bad("torch_rng: not a list of random states")
+    for key in ("history", "watcher"):
+        rows = state[key]
+        if not isinstance(rows, list) or len(rows) != epoch or not all(isinstance(r, dict) for r in rows):
+            raise bad(f"{key}: not {epoch} epoch record(s)")
+    return state
+
+
+def _byte_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
 
 
 class Trainer:
@@ -95,6 +221,8 @@ class Trainer:
         )
         self.history: list[EpochMetrics] = []
         self.epoch = 0
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint in the run folder, if any
+        self.settings = run_settings(config, data)
         self.watcher = torchprobe.FailureAnalyzer(NUM_CLASSES, keep=0)  # per-epoch failures and flips, no inputs
 
     @property
@@ -110,7 +238,7 @@ class Trainer:
             "epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
             "torch_rng": all_gather(self._rng_state()), "history": history_rows(self.history),
-            "recipe": self.recipe.to_dict(), "seed": self.config.seed,
+            "recipe": self.recipe.to_dict(), "seed": self.config.seed, "settings": self.settings,
             "watcher": [record.state() for record in self.watcher.history],
         }
 
@@ -119,6 +247,7 @@ class Trainer:
         state = self.state()
         if self.ranks.main:
             save_tensors(state, self.config.out / CHECKPOINT)
+        self.saved_epoch = self.epoch
 
     def _rng_state(self) -> dict[str, torch.Tensor]:
         """This process's dropout stream (CPU, and the GPU's when training there)."""
@@ -128,25 +257,33 @@ class Trainer:
         return state
 
     def restore(self) -> None:
-        """Back to the end of the checkpoint's epoch, refusing one of another recipe, seed or world size."""
+        """Back to the end of the checkpoint's epoch. Refuses (``RunFolderError``, one line) a file
+        that is not a checkpoint of this demo, and one written with other settings, naming each
+        with both values: a run cannot be extended to more epochs (its schedule spans them)."""
         path = self.config.out / CHECKPOINT
-        state = load_tensors(path)
-        if state["recipe"] != self.recipe.to_dict() or state["seed"] != self.config.seed:
-            raise ValueError(f"{path} was written by another recipe or seed")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
-        if len(state["torch_rng"]) != self.ranks.world:
-            raise ValueError(f"{path} was written by {len(state['torch_rng'])} process(es): "
-                             f"resume with as many (torchrun --nproc_per_node)")
-        rng = state["torch_rng"][self.ranks.rank]
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        self.history = [EpochMetrics.from_dict(row) for row in state["history"]]
-        self.epoch = int(state["epoch"])
-        self.watcher.history = [torchprobe.EpochRecord.from_state(record) for record in state["watcher"]]
+        state = read_checkpoint(path)
+        differences = settings_differences(state["settings"], self.settings)
+        if differences:
+            hint = ("; a run cannot be extended: its learning-rate schedule spans its epochs, start a new run"
+                    if any(d.startswith("epochs ") for d in differences) else "")
+            raise RunFolderError(f"cannot resume {self.config.out}: {CHECKPOINT} was written with other settings: "
+                                 f"{', '.join(differences)}{hint}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.generator.set_state(state["generator"])
+            rng = state["torch_rng"][self.ranks.rank]
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+            self.history = [EpochMetrics.from_dict(row) for row in state["history"]]
+            self.watcher.history = [torchprobe.EpochRecord.from_state(record) for record in state["watcher"]]
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise RunFolderError(f"{path}: not a checkpoint of this demo's model and training state "
+                                 f"({type(error).__name__}: {message[:160]})") from error
+        self.epoch = self.saved_epoch = state["epoch"]
 
     # -- one epoch ------------------------------------------------------------------------------
 
@@ -219,7 +356,19 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
     if config.eval_limit is not None:
         data = replace(data, val=_limited(data.val, config.eval_limit), test=_limited(data.test, config.eval_limit))
     config.out.mkdir(parents=True, exist_ok=True)
+    if main:
+        remove_temp_files(config.out)  # left by a crash of an earlier run here
     trainer = Trainer(config, data, console)
+    try:
+        return _train_and_write(config, data, trainer, console)
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(trainer.saved_epoch) from None
+
+
+def _train_and_write(config: TrainConfig, data: MnistData, trainer: Trainer, console: Console) -> dict[str, Any]:
+    main = config.ranks.main
     if config.resume:
         trainer.restore()
         console.print(f"resumed {config.out} after epoch {trainer.epoch}")
@@ -262,6 +411,7 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
     failures, test = final_evaluation(trainer.model, data, trainer.device, config.ranks)
     metrics = _metrics(config, data, trainer, test)
     metrics["val_failures"] = failures.to_dict(failures=False)
+    metrics["finished"] = True
     if not main:
         return metrics
     console.print(failures)
@@ -298,5 +448,5 @@ def _metrics(config: TrainConfig, data: MnistData, trainer: Trainer, test: Score
         "recipe": trainer.recipe.to_dict(), "seed": config.seed, "augment": config.augment,
         "device": str(trainer.device), "processes": config.ranks.world, "data": data.source,
         "data_sha256": data.sha256, "train_images": len(trainer.train_split.labels),
-        "history": history_rows(trainer.history), "test": test,
+        "settings": trainer.settings, "history": history_rows(trainer.history), "test": test, "finished": False,
     }
