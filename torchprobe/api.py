@@ -8,10 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchprobe.engine.inputs import DtypeArg, model_inputs
+from torchprobe.engine.inputs import DtypeArg, batch_sizes, model_inputs
+from torchprobe.engine.torch_utils import describe_value
 from torchprobe.engine.tracer import Mode, TraceOutcome, Tracer
 from torchprobe.engine.wrappers import unwrap
 from torchprobe.errors import ForwardError, UsageError
+from torchprobe.rf.effective import ERFResult, UnitArg, random_inputs
+from torchprobe.rf.effective import effective_receptive_field as _erf
 from torchprobe.rf.layouts import LayoutArg, input_layout
 from torchprobe.rf.probe import RFProbe
 from torchprobe.rf.result import LayerRF, RFResult
@@ -58,6 +61,49 @@ def _rf_result(probe: RFProbe, outcome: TraceOutcome) -> RFResult:
     layers = tuple(LayerRF.from_record(r, len(probe.axis_names)) for r in records)
     return RFResult(probe.input_shape, layers, tuple(diagnostics), outcome.device, outcome.fallback_reason,
                     probe.axis_names, probe.spatial_size)
+
+
+def effective_receptive_field(
+    model: nn.Module,
+    input_size: Sequence[int] | None = None,
+    *,
+    layer: str | Sequence[str],
+    input_data: torch.Tensor | None = None,
+    unit: UnitArg = None,
+    batch: int = 16,
+    seed: int = 0,
+    call: int = 0,
+    layout: str | None = None,
+    device: str = "auto",
+) -> ERFResult:
+    """The effective receptive field (Luo et al. 2016) of the centre unit of each ``layer``
+    (a qualified module name, or several; "" the whole model), with the weights as they are:
+    the mean over the batch of ``|d unit / d input|`` summed over the input's channels, beside
+    the exact theoretical RF of the same unit (:func:`receptive_field`'s row, ``.span(unit)``).
+
+    The ERF depends on the data: pass real inputs as ``input_data``, one tensor with the batch
+    dim first (validation images, normalised as the model expects). Without it, ``input_size``
+    (no batch dim) gives ``batch`` standard normal inputs drawn from ``seed`` (a random-input
+    ERF; the result's ``inputs`` says so). ``unit`` picks other units than the centre one: one
+    index per dim of the row's ``unit_dims`` (an int: the same on each), or a dict per layer.
+    ``call`` picks one call of a shared module, ``layout`` names the input's dims (as for
+    :func:`receptive_field`). The gradient runs on an eval-mode copy of the model, on ``device``
+    ("auto": where its parameters are); the model itself is left as it was. Figures:
+    :mod:`torchprobe.rf.effective`."""
+    if input_data is None:
+        if input_size is None:
+            raise UsageError("give input_data (a batch of real inputs) or input_size (random normal inputs)")
+        size = tuple(batch_sizes(input_size)[0][1:])
+        inputs, source = random_inputs(size, batch, seed), f"random normal (seed {seed})"
+    else:
+        if not isinstance(input_data, torch.Tensor):
+            raise UsageError(f"input_data must be one tensor with the batch dim first, got {type(input_data).__name__}")
+        inputs, source = input_data, "data"
+    if inputs.dim() < 2 or not inputs.is_floating_point():
+        raise UsageError(f"input_data must be a floating tensor (N, C, H, W), got {describe_value(inputs)}")
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    theory = receptive_field(model, tuple(inputs.shape[1:]), layout=layout)
+    return _erf(model, inputs, theory, layers, unit=unit, call=call, device=device, layout=layout, source=source)
 
 
 def summary(

@@ -6,6 +6,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 import torch
@@ -17,7 +18,7 @@ from torchprobe.cli.model_spec import load_model, parse_input, parse_kwargs
 from torchprobe.engine.torch_utils import one_line
 from torchprobe.engine.tracer import Mode
 from torchprobe.errors import ForwardError, ModelCodeError, RFError, UsageError
-from torchprobe.render import RENDER_WIDTH, rf_table, summary_table, trace_table
+from torchprobe.render import RENDER_WIDTH, erf_table, rf_table, summary_table, trace_table
 from torchprobe.shapes.result import ShapeError
 from torchprobe.stats.result import COLUMNS, DEFAULT_COLUMNS
 from torchprobe.version import __version__
@@ -141,6 +142,88 @@ def summary(
         _show(result, as_json, lambda: summary_table(result, debug=rf_steps))
 
     _guarded(run, debug)
+
+
+@app.command()
+def erf(
+    spec: Spec,
+    inputs: Inputs,
+    layers: Annotated[list[str], typer.Option(
+        "--layer", "-l", help="Qualified module name (\"\" for the whole model); repeat for several.")],
+    kwargs: Kwargs = None,
+    weights: Annotated[Path | None, typer.Option(
+        "--weights", help="A state dict saved with torch.save (read with weights_only=True); default: the weights "
+        "the spec builds.")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="How many random normal inputs to average over.")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
+    unit: Annotated[str | None, typer.Option(
+        "--unit", help="The unit, one index per unit dim (e.g. 3,3); default: the centre unit of each layer.")] = None,
+    as_json: AsJson = False,
+    layout: Layouts = None,
+    device: Annotated[str, typer.Option("--device", help="auto (where the model is: the CPU), cpu or cuda.")] = "auto",
+    debug: Debug = False,
+) -> None:
+    """Effective receptive field: where the gradient of each layer's centre unit falls, beside its exact RF.
+
+    Without data the inputs are random normal: a random-input ERF (of untrained weights unless --weights)."""
+
+    def run() -> None:
+        model, sizes = _model_and_sizes(spec, kwargs, inputs)
+        if len(sizes) != 1:
+            raise UsageError(f"erf takes one --input, got {len(sizes)}")
+        if weights is not None:
+            _load_weights(model, weights)
+        if device == "meta":
+            raise UsageError("--device meta: the ERF needs real values (auto, cpu or cuda)")
+        chosen = _device(device)
+        result = api.effective_receptive_field(model, sizes[0], layer=layers, unit=_unit(unit), batch=batch,
+                                               seed=seed, layout=_one_layout(layout), device=chosen)
+        if as_json:
+            print(json.dumps({**result.to_dict(), "weights": None if weights is None else str(weights)}))
+            return
+        _console().print(erf_table(result))
+        where = f"loaded from {weights}" if weights is not None else "as the spec builds them (no --weights)"
+        _console().print(f"Weights: {where}.")
+
+    _guarded(run, debug)
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    """``--weights``: a state dict (or a checkpoint holding one under "model" or "state_dict")."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise UsageError(f"--weights {path}: no such file") from error
+    except Exception as error:  # an unreadable file or pickle: one line, whatever torch raises
+        raise UsageError(f"--weights {path} is not a state dict torch.load reads with weights_only=True: "
+                         f"{one_line(error)}") from error
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"--weights {path} holds a {type(state).__name__}, not a state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except Exception as error:
+        raise UsageError(f"--weights {path} does not fit the model: {one_line(error)}") from error
+
+
+def _unit(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError as error:
+        raise UsageError(f"bad --unit {text!r}: expected integers separated by commas, e.g. 3,3") from error
+
+
+def _one_layout(layouts: list[str] | None) -> str | None:
+    if layouts and len(layouts) > 1:
+        raise UsageError("erf takes one --layout, for its one input")
+    return layouts[0] if layouts else None
 
 
 def _model_and_sizes(spec: str, kwargs: str | None, inputs: list[str]) -> tuple[Any, list[tuple[int, ...]]]:

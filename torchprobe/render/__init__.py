@@ -10,11 +10,13 @@ from typing import Any
 
 from torchprobe.failures.analyzer import FailureAnalyzer
 from torchprobe.render import plots
+from torchprobe.render.erf import erf_table
 from torchprobe.render.failures import failure_report
 from torchprobe.render.rf import rf_table
 from torchprobe.render.shapes import trace_table
 from torchprobe.render.summary import summary_table
 from torchprobe.render.text import RENDER_WIDTH, render_html, render_text
+from torchprobe.rf.effective import ERFResult
 from torchprobe.rf.result import RFResult
 from torchprobe.shapes.result import ShapeTrace
 from torchprobe.stats.result import ModelSummary
@@ -30,10 +32,12 @@ def renderable(result: Any) -> Any:
         return summary_table(result)
     if isinstance(result, FailureAnalyzer):
         return failure_report(result)
+    if isinstance(result, ERFResult):
+        return erf_table(result)
     raise TypeError(f"torchprobe cannot render a {type(result).__name__}")
 
 
 __all__ = [
-    "RENDER_WIDTH", "failure_report", "plots", "render_html", "render_text", "renderable", "rf_table", "summary_table",
-    "trace_table",
+    "RENDER_WIDTH", "erf_table", "failure_report", "plots", "render_html", "render_text", "renderable", "rf_table",
+    "summary_table", "trace_table",
 ]

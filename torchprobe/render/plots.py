@@ -1,5 +1,6 @@
 """Pictures of a FailureAnalyzer: failure galleries, confusion heatmaps, most-confused pairs and
-the reliability diagram.
+the reliability diagram; and of effective receptive fields: their windows over an input, and one
+layer's ERF in two results side by side.
 
 matplotlib is an optional extra (``pip install 'torchprobe[plots]'``), imported only when a picture
 is drawn, so the rest of torchprobe works without it. Each function returns a
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from torchprobe.failures import FailureAnalyzer
     from torchprobe.failures.state import Ranking
+    from torchprobe.rf.effective import ERFResult, LayerERF
 
 ANNOTATE_UP_TO = 20  # classes: beyond this, heatmap cells carry no numbers
 
@@ -179,3 +181,136 @@ def save_all(analyzer: FailureAnalyzer, folder: str | Path, *, mean: Sequence[fl
         paths[name] = folder / f"{name}.png"
         fig.savefig(paths[name])
     return paths
+
+
+# -- effective receptive fields ---------------------------------------------------------------------
+
+
+def erf_windows(result: ERFResult, image: torch.Tensor | None = None, *, layers: Sequence[str] | None = None,
+                mean: Sequence[float] | float | None = None, std: Sequence[float] | float | None = None,
+                columns: int = 4, alpha: float = 0.7) -> Figure:
+    """One panel per layer of a 2-D :class:`~torchprobe.ERFResult`: the input ``image`` (by default
+    the batch's first sample; (C, H, W), ``mean``/``std`` as in :func:`gallery`) in grey, the
+    chosen unit's theoretical span as a box (clipped at the image's borders, pixel edges exact),
+    and its ERF map as a heatmap inside it (scaled to its own maximum; zero pixels transparent)."""
+    chosen = [result.layer(name) for name in layers] if layers is not None else list(result.layers)
+    if len(result.spatial_size) != 2:
+        raise ValueError(f"ERF windows are drawn for 2-D inputs; this one has axes {''.join(result.axis_names)}")
+    background = _background(image if image is not None else result.example, result.spatial_size, mean, std)
+    columns = max(1, min(columns, len(chosen)))
+    rows = max(1, math.ceil(len(chosen) / columns))
+    fig = _figure(3.0 * columns + 0.4, 3.2 * rows + 0.5)
+    fig.suptitle(f"Effective receptive fields ({_inputs_text(result)})")
+    from matplotlib.patches import Rectangle
+
+    for i, layer in enumerate(chosen):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        if background is not None:
+            ax.imshow(background, cmap="gray" if background.ndim == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+        heat = _heat(layer.map)
+        ax.imshow(np.ma.masked_where(heat <= 0, heat), cmap="inferno", vmin=0, vmax=1, alpha=alpha,
+                  interpolation="nearest")
+        if layer.span is not None and all(s is not None for s in layer.span):
+            (y0, y1), (x0, x1) = layer.span  # type: ignore[misc]
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="cyan",
+                                   linewidth=1.5))
+        height, width = result.spatial_size
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{layer.name or '(model)'} unit {','.join(map(str, layer.unit))}", fontsize=9)
+        ax.set_xlabel(_erf_caption(layer), fontsize=8)
+    return fig
+
+
+def erf_compare(before: ERFResult, after: ERFResult, layer: str | None = None,
+                labels: tuple[str, str] = ("at initialisation", "after training")) -> Figure:
+    """The ERF of one layer in two results side by side (by default the first result's last
+    layer), e.g. at initialisation and after training: each map over its theoretical span box,
+    cropped to the span, and under them the marginal mass profile per axis of both."""
+    name = before.layers[-1].name if layer is None else layer
+    pair = (before.layer(name), after.layer(name))
+    if any(r.map.dim() != 2 for r in pair):
+        raise ValueError("ERF comparisons are drawn for 2-D inputs")
+    from matplotlib.patches import Rectangle
+
+    fig = _figure(9.0, 7.5)
+    fig.suptitle(f"Effective receptive field of {name or '(model)'}")
+    grid = fig.subplots(2, 2, height_ratios=[3, 2])
+    box = _crop(pair)
+    for ax, result, erf, label in zip(grid[0], (before, after), pair, labels):
+        heat = _heat(erf.map)
+        shown = ax.imshow(heat, cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+        if erf.span is not None and all(s is not None for s in erf.span):
+            (y0, y1), (x0, x1) = erf.span  # type: ignore[misc]
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, edgecolor="cyan",
+                                   linewidth=1.5))
+        (top, bottom), (left, right) = box
+        ax.set_xlim(left - 0.5, right + 0.5)
+        ax.set_ylim(bottom + 0.5, top - 0.5)
+        ax.set_title(f"{label}\n{_inputs_text(result)}", fontsize=9)
+        ax.set_xlabel(_erf_caption(erf), fontsize=8)
+        fig.colorbar(shown, ax=ax, shrink=0.8, label="share of the maximum")
+    for axis, ax in enumerate(grid[1]):
+        for erf, label in zip(pair, labels):
+            marginal = erf.map.sum(1 - axis).numpy()
+            total = marginal.sum()
+            ax.plot(np.arange(marginal.size), marginal / total if total > 0 else marginal, label=label)
+            if erf.span is not None and erf.span[axis] is not None:
+                first, last = erf.span[axis]  # type: ignore[misc]
+                ax.axvspan(first - 0.5, last + 0.5, color="tab:gray", alpha=0.1)
+        lo, hi = box[axis]
+        ax.set_xlim(lo - 0.5, hi + 0.5)
+        ax.set_xlabel(f"input pixel along {before.axis_names[axis] if before.axis_names else axis}")
+        ax.set_ylabel("share of the gradient mass")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _heat(values: torch.Tensor) -> np.ndarray:
+    heat = values.detach().double().cpu().numpy()
+    peak = heat.max(initial=0.0)
+    return heat / peak if peak > 0 else heat
+
+
+def _crop(pair: Sequence[LayerERF]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Rows and columns to show: the hull of both windows (span and non-zero map), one pixel more."""
+    shape = pair[0].map.shape
+    out = []
+    for axis in range(2):
+        lo, hi = shape[axis] - 1, 0
+        for erf in pair:
+            origin, values = erf.window()
+            if values.numel():
+                lo, hi = min(lo, origin[axis]), max(hi, origin[axis] + values.shape[axis] - 1)
+        if lo > hi:
+            lo, hi = 0, shape[axis] - 1
+        out.append((max(lo - 1, 0), min(hi + 1, shape[axis] - 1)))
+    return out[0], out[1]
+
+
+def _background(x: torch.Tensor | None, size: tuple[int, ...], mean: Sequence[float] | float | None,
+                std: Sequence[float] | float | None) -> np.ndarray | None:
+    """The image to draw under the windows, or None when ``x`` is not one of the input's size."""
+    if x is None:
+        return None
+    x = x.detach().float().cpu()
+    if x.dim() == 3 and x.shape[0] not in (1, 3):
+        x = x.mean(0, keepdim=True)  # other channel counts: their mean, in grey
+    if tuple(x.shape[-2:]) != tuple(size):
+        return None
+    return _image(x, mean, std)
+
+
+def _inputs_text(result: ERFResult) -> str:
+    return f"{result.batch} inputs: {result.inputs}" if result.random_inputs else f"{result.batch} data inputs"
+
+
+def _erf_caption(erf: LayerERF) -> str:
+    rf = "×".join("?" if r is None else str(r) for r in erf.theory.rf)
+    if erf.area50 is None or erf.area95 is None or erf.std is None:
+        return f"RF {rf}: no gradient"
+    return (f"RF {rf}: 50% of the mass on {100 * erf.area50:.0f}%,\n95% on {100 * erf.area95:.0f}% of its area; "
+            f"std {'×'.join(f'{s:.1f}' for s in erf.std)} px")
