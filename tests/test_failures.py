@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchprobe.failures.analyzer as failures_module
+import torchprobe.failures.metrics as metrics_module
 from mnist_demo.model import Net
 from torchprobe.failures import Failure, FailureAnalyzer, analyze_failures
 from torchprobe.render import render_text
@@ -482,3 +483,135 @@ def test_torchprobe_works_without_matplotlib(monkeypatch: pytest.MonkeyPatch, di
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(ImportError, match=r"pip install 'torchprobe\[plots\]'"):
         plots.confusion(digits[0])
+
+
+# -- argument validation, meta outputs, and reads that stay small at scale ---------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"num_classes": 0}, ValueError, r"^num_classes must be an integer >= 2, got 0$"),
+        ({"num_classes": -3}, ValueError, r"^num_classes must be an integer >= 2, got -3$"),
+        ({"num_classes": 2.5}, TypeError, r"^num_classes must be an integer >= 2, got 2\.5 \(a float\)$"),
+        ({"num_classes": "10"}, TypeError, r"^num_classes must be an integer >= 2, got '10' \(a str\)$"),
+        ({"num_classes": True}, TypeError, r"^num_classes must be an integer >= 2, got True \(a bool\)$"),
+        ({"num_classes": 3, "keep": 2.5}, TypeError, r"^keep must be an integer >= 0, got 2\.5 \(a float\)$"),
+        ({"num_classes": 3, "keep": -1}, ValueError, r"^keep must be an integer >= 0, got -1$"),
+        ({"num_classes": 3, "keep": None}, TypeError, r"^keep must be an integer >= 0, got None \(a NoneType\)$"),
+        ({"num_classes": 3, "class_names": "abc"}, TypeError,
+         r"^class_names must be a sequence of 3 names, got 'abc' \(a str\)$"),
+        ({"num_classes": 3, "class_names": 3}, TypeError,
+         r"^class_names must be a sequence of 3 names, got 3 \(an int\)$"),
+        ({"num_classes": 3, "class_names": ["a", "b"]}, ValueError, r"^class_names has 2 names for 3 classes$"),
+    ],
+)
+def test_constructor_arguments_are_checked_at_once(kwargs, error, message: str) -> None:
+    with pytest.raises(error, match=message):
+        FailureAnalyzer(**kwargs)
+
+
+def test_numpy_integers_are_accepted_as_sizes() -> None:
+    analyzer = FailureAnalyzer(np.int64(3), keep=np.int32(2))
+    assert type(analyzer.num_classes) is int and type(analyzer.keep) is int
+
+
+@pytest.mark.parametrize("where", ["outputs", "targets", "inputs", "indices"])
+def test_meta_tensors_are_refused_at_the_first_update(where: str) -> None:
+    args = {"outputs": torch.zeros(4, 3), "targets": torch.zeros(4, dtype=torch.long),
+            "inputs": torch.zeros(4, 2), "indices": torch.arange(4)}
+    args[where] = args[where].to("meta")
+    analyzer = FailureAnalyzer(3)
+    with pytest.raises(ValueError, match=rf"^{where} are on the meta device \(shapes without values\): "
+                                         "FailureAnalyzer needs real values"):
+        analyzer.update(**args)
+    assert analyzer.samples == 0 and analyzer.device is None  # nothing was added, nothing decided
+
+
+def analyzer_with_failures(classes: int, n: int, seed: int = 0) -> FailureAnalyzer:
+    g = torch.Generator().manual_seed(seed)
+    analyzer = FailureAnalyzer(classes)
+    analyzer.update(torch.randn(n, classes, generator=g), torch.randint(0, classes, (n,), generator=g))
+    _ = analyzer.calibration_error()  # collect the records: what follows measures only the reads
+    return analyzer
+
+
+def traced_peak(read) -> int:
+    """Bytes allocated at the peak of ``read()`` (numpy and Python objects; the result included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        read()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_reads_with_many_classes_do_not_copy_the_confusion_matrix() -> None:
+    analyzer = analyzer_with_failures(1000, 300)
+    counts = 8 * 1000**2  # the documented size of the confusion counts
+    assert traced_peak(lambda: analyzer.errors) < 1000  # a running count: no copy of anything
+    assert traced_peak(lambda: analyzer.error_rate) < 1000
+    for read in (lambda: analyzer.per_class(), lambda: analyzer.most_confused(5), lambda: analyzer.label_issues(3),
+                 lambda: analyzer.failures, lambda: analyzer.worst("loss", 3)):
+        assert traced_peak(read) < counts / 10
+    assert traced_peak(analyzer.confusion_matrix) < 1.2 * counts  # its result, once
+    # the JSON report holds the matrix as lists (its result), made without a second copy of it
+    assert traced_peak(lambda: analyzer.to_dict(failures=False)) < 1.6 * counts
+    assert analyzer.errors == analyzer.samples - int(analyzer.confusion_matrix().trace())
+
+
+def test_most_confused_in_blocks_matches_the_whole_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    analyzer = analyzer_with_failures(40, 3000)
+    whole = analyzer.most_confused(1600)
+    monkeypatch.setattr(metrics_module, "BLOCK", 100)  # two rows and a half per block
+    assert analyzer.most_confused(1600) == whole
+    assert analyzer.most_confused(7) == whole[:7]
+    assert [n for *_, n in whole] == sorted((n for *_, n in whole), reverse=True)
+    cm = analyzer.confusion_matrix().numpy()
+    assert sum(n for *_, n in whole) == cm.sum() - np.trace(cm)
+
+
+def count_failure_objects(monkeypatch: pytest.MonkeyPatch) -> Counter:
+    made: Counter = Counter()
+    original = Failure.__init__
+
+    def counting(self, *args, **kwargs) -> None:
+        made["failures"] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Failure, "__init__", counting)
+    return made
+
+
+def test_report_and_export_scale_with_the_failures_not_with_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """str() summarises, and neither str() nor to_dict() makes a Failure object per failure, so both
+    stay linear and small per failure (5 M samples in seconds: bench/failures_reads.py)."""
+    small, large = analyzer_with_failures(10, 2000), analyzer_with_failures(10, 20_000)
+    made = count_failure_objects(monkeypatch)
+    texts = [str(small), str(large)]
+    assert made["failures"] <= 2 * 20  # the rows shown, not the 18,000 failures
+    assert len(texts[0].splitlines()) == len(texts[1].splitlines())  # the same summary, other numbers
+    assert f"Label-issue candidates: {len(large.label_issues()):,}" in texts[1]
+    report = large.to_dict()
+    assert made["failures"] <= 2 * 20
+    assert len(report["failures"]) == large.errors == len(large.failures)
+    assert report["failures"][:3] == [f.to_dict() for f in large.failures[:3]]
+    assert report["label_issues"] == [f.index for f in large.label_issues()]
+    assert len(large.label_issues()) > 1000  # as many as there are, counted without objects
+
+
+def test_failure_lists_read_like_lists() -> None:
+    analyzer = analyzer_with_failures(5, 200)
+    failures = analyzer.failures
+    as_list = list(failures)
+    assert len(failures) == len(as_list) == analyzer.errors
+    assert failures == as_list and as_list == list(failures) and failures == analyzer.failures
+    assert failures[0] == as_list[0] and failures[-1] == as_list[-1] and failures[2:5] == as_list[2:5]
+    assert [f.index for f in failures] == sorted(f.index for f in failures)
+    assert failures != as_list[:-1] and bool(failures) and not FailureAnalyzer(3).failures
+    with pytest.raises(IndexError):
+        failures[len(as_list)]
+    worst = analyzer.worst("confidence", 4)
+    assert len(worst) == 4 and worst == sorted(as_list, key=lambda f: (-f.confidence, f.index))[:4]

@@ -40,10 +40,41 @@ def same_state(merged: FailureAnalyzer, single: FailureAnalyzer) -> None:
         assert all(torch.equal(a.input, b.input) for a, b in zip(ours[:KEEP], theirs[:KEEP]))
 
 
+def disagreements(rank: int, world: int) -> None:
+    """Analyzers that cannot merge: every process raises the same ValueError from one small
+    fixed-size all_gather, before any collective whose size depends on the state (gloo would abort
+    on mismatched sizes), so the group stays usable (the merges that follow use it)."""
+    logits, targets, inputs = epoch_data(0)
+    cases = [
+        (FailureAnalyzer(CLASSES + rank, keep=KEEP), r"num_classes \(rank 0: 6, rank 1: 7\)"),
+        (FailureAnalyzer(CLASSES, keep=KEEP + 2 * rank), r"keep \(rank 0: 5, rank 1: 7\)"),
+    ]
+    shaped = FailureAnalyzer(CLASSES, keep=KEEP)
+    shaped.update(logits[:4], targets[:4], inputs[:4, :, : 6 - rank], indices=torch.arange(4) + 4 * rank)
+    cases.append((shaped, r"the inputs they were given \(rank 0: float32 rows of shape \(1, 6, 6\), "
+                          r"rank 1: float32 rows of shape \(1, 5, 6\)\)"))
+    bare = FailureAnalyzer(CLASSES, keep=KEEP)
+    bare.update(logits[:4], targets[:4], inputs[:4] if rank == 0 else None, indices=torch.arange(4) + 4 * rank)
+    cases.append((bare, r"the inputs they were given \(rank 0: float32 rows of shape \(1, 6, 6\), rank 1: none\)"))
+    once = FailureAnalyzer(CLASSES, keep=KEEP).sync()  # synced on both ranks, then reset on rank 1 only
+    if rank == 1:
+        once.reset()
+    cases.append((once, r"rank 0 holds the merged state from an earlier sync\(\), rank 1 does not"))
+    for analyzer, message in cases:
+        with pytest.raises(ValueError, match=r"^sync\(\): the processes' analyzers disagree|^sync\(\): ") as raised:
+            analyzer.sync()
+        assert raised.match(message)
+        mine = [str(raised.value)]
+        everyone: list = [None] * world
+        dist.all_gather_object(everyone, mine)  # the same message on every process
+        assert everyone == [mine] * world
+
+
 def worker(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
+        disagreements(rank, world)
         merged, single = FailureAnalyzer(CLASSES, keep=KEEP), FailureAnalyzer(CLASSES, keep=KEEP)
         for epoch in range(2):
             logits, targets, inputs = epoch_data(epoch)

@@ -24,11 +24,10 @@ import torch.distributed as dist
 from torch import nn
 
 from torchprobe.display import Displayable
-from torchprobe.engine.torch_utils import dtype_name
 from torchprobe.failures import checks, metrics
-from torchprobe.failures.collectives import synced
+from torchprobe.failures.collectives import gather_fixed, synced
 from torchprobe.failures.hook import FailureHook
-from torchprobe.failures.records import EpochRecord, Failure, json_float
+from torchprobe.failures.records import EpochRecord, FailureList, json_float
 from torchprobe.failures.state import (
     RANKINGS,
     Counters,
@@ -52,18 +51,14 @@ class FailureAnalyzer(Displayable):
     any device); read with ``confusion_matrix()``, ``per_class()``, ``most_confused()``,
     ``calibration_error()``, ``failures``, ``worst()``, ``label_issues()``, ``to_dict()``.
     ``keep`` inputs are kept per ranking (by loss and by confidence): at most ``2 * keep`` inputs.
+    Arguments are checked at once: a TypeError for a wrong kind (``keep=2.5``), a ValueError for a
+    wrong value (``num_classes=0``, ``keep=-1``).
     """
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None, *, keep: int = 64) -> None:
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes")
-        if keep < 0:
-            raise ValueError(f"keep must be >= 0, got {keep}")
-        self.num_classes = num_classes
-        self.class_names = None if class_names is None else [str(n) for n in class_names]
-        self.keep = keep
+        self.num_classes = checks.size("num_classes", num_classes, 2)
+        self.class_names = checks.class_names(class_names, self.num_classes)
+        self.keep = checks.size("keep", keep, 0)
         self.history: list[EpochRecord] = []
         self.reset()
 
@@ -80,6 +75,7 @@ class FailureAnalyzer(Displayable):
         self._candidates: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # CPU: rows that may enter
         self._candidate_rows = 0
         self._with_inputs: bool | None = None  # decided by the first batch
+        self._inputs_like: torch.Tensor | None = None  # an empty batch shaped as the first batch's inputs
         self._merged = False
 
     @property
@@ -102,8 +98,7 @@ class FailureAnalyzer(Displayable):
         if self._merged:
             raise ValueError("this analyzer holds the merged state of all processes since sync(); "
                              "call reset() or end_epoch() before adding batches")
-        kept = self._kept.inputs if self._kept is not None else None
-        n = checks.batch_size(outputs, targets, inputs, self.num_classes, self._with_inputs, kept)
+        n = checks.batch_size(outputs, targets, inputs, self.num_classes, self._with_inputs, self._inputs_like)
         device = outputs.device
         if self._device is not None and device != self._device:
             raise ValueError(f"outputs are on {device}, earlier batches on {self._device}; reset() first")
@@ -118,6 +113,8 @@ class FailureAnalyzer(Displayable):
         code = predicted.add(targets, alpha=self.num_classes)
         if self._with_inputs is None:  # the first batch decides, for all until reset()
             self._with_inputs = inputs is not None
+            if inputs is not None:
+                self._inputs_like = inputs.new_empty((0, *inputs.shape[1:]), device="cpu")
             if inputs is not None and self.keep:
                 self._kept = Kept.empty(self.keep, inputs.to(device))
         self._counters.unindexed_batches += indices is None
@@ -242,13 +239,20 @@ class FailureAnalyzer(Displayable):
         self._settle()
         return getattr(self._totals, name)
 
+    def _confusion(self) -> np.ndarray:
+        """The counts themselves (a view, not a copy: 8*C^2 bytes), for reading only."""
+        return self._counts("confusion").reshape(self.num_classes, self.num_classes)
+
     def confusion_matrix(self) -> torch.Tensor:
-        """Counts, rows = true class, columns = predicted class (int64, on the CPU)."""
-        return torch.from_numpy(self._counts("confusion").reshape(self.num_classes, self.num_classes).copy())
+        """Counts, rows = true class, columns = predicted class (int64, on the CPU; a copy of
+        ``8 * num_classes**2`` bytes, yours to change)."""
+        return torch.from_numpy(self._confusion().copy())
 
     @property
     def errors(self) -> int:
-        return self.samples - int(np.trace(self.confusion_matrix().numpy()))
+        """Misclassified samples since the last reset: the number of failure records (no copy)."""
+        self._settle()
+        return len(self._failed)
 
     @property
     def error_rate(self) -> float:
@@ -258,12 +262,12 @@ class FailureAnalyzer(Displayable):
     def per_class(self) -> list[dict[str, Any]]:
         """Per class ``class``, ``precision``, ``recall``, ``f1``, ``support``; 0 where undefined
         (no predictions or no samples of the class), as scikit-learn's ``zero_division=0``."""
-        return metrics.per_class(self.confusion_matrix().numpy(), self.label)
+        return metrics.per_class(self._confusion(), self.label)
 
     def most_confused(self, k: int = 10) -> list[tuple[str | int, str | int, int]]:
         """The ``k`` largest off-diagonal cells as ``(true, predicted, count)``, largest first
         (ties by true, then predicted class)."""
-        return metrics.most_confused(self.confusion_matrix().numpy(), k, self.label)
+        return metrics.most_confused(self._confusion(), k, self.label)
 
     def reliability(self, n_bins: int = 15) -> dict[str, np.ndarray]:
         """Equal-width bins of the top-class probability: ``edges`` (n_bins + 1), per bin ``count``,
@@ -276,36 +280,32 @@ class FailureAnalyzer(Displayable):
         return metrics.calibration_error(self.reliability(n_bins))
 
     @property
-    def failures(self) -> list[Failure]:
-        """Every misclassified sample since the last reset, by index (then arrival)."""
+    def failures(self) -> FailureList:
+        """Every misclassified sample since the last reset, by index (then arrival): a read-only
+        sequence of :class:`Failure` (a list's ``len``, indexing, iteration, ``==``), made lazily."""
         self._settle()
-        return self._failed.take(np.argsort(self._failed.index, kind="stable")).failures()
+        return self._failed.failures(self._failed.by_index())
 
-    def worst(self, by: Ranking = "loss", k: int | None = None) -> list[Failure]:
+    def worst(self, by: Ranking = "loss", k: int | None = None) -> FailureList:
         """Failures ranked by ``loss`` or ``confidence`` (highest first, ties by index); the first
         ``keep`` carry their ``input`` when inputs were given."""
         if by not in RANKINGS:
             raise ValueError(f"by must be one of {RANKINGS}, got {by!r}")
         self._settle()
         key = self._failed.loss if by == "loss" else self._failed.confidence
-        ranked = self._failed.take(np.lexsort((self._failed.index, -key))[:k]).failures()
-        if self._kept is not None:
-            inputs = self._kept.inputs_by(by).cpu()
-            for i, f in enumerate(ranked[: self.keep]):
-                ranked[i] = Failure(f.index, f.true, f.predicted, f.confidence, f.loss, inputs[i])
-        return ranked
+        inputs = self._kept.inputs_by(by).cpu() if self._kept is not None else None
+        return self._failed.failures(self._failed.ranked(key, k), inputs)
 
-    def label_issues(self, k: int | None = None) -> list[Failure]:
+    def label_issues(self, k: int | None = None) -> FailureList:
         """Candidates for wrong labels, most suspicious first: failures whose predicted class gets at
         least that class's threshold, the mean self-confidence of the samples labelled with it
         (confident learning, Northcutt et al. 2021), ranked by self-confidence, lowest first."""
-        support = self.confusion_matrix().numpy().sum(1)
+        support = self._confusion().sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             threshold = self._counts("self_confidence") / support  # NaN: nobody has that label
         failed = self._failed
-        confident = failed.confidence >= threshold[failed.predicted]
-        order = np.lexsort((failed.index, -failed.loss))
-        return failed.take(order[confident[order]][:k]).failures()
+        confident = np.flatnonzero(failed.confidence >= threshold[failed.predicted])
+        return failed.failures(failed.ranked(failed.loss, k, confident))
 
     # -- merging processes ---------------------------------------------------------------------------
 
@@ -315,13 +315,15 @@ class FailureAnalyzer(Displayable):
         Every process must call it, once per evaluation, before reading or ``end_epoch()``; a no-op
         without an initialised group of two or more. Pass ``indices`` to ``update`` so samples keep
         their identity across processes."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2 or self._merged:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return self
         self._collect()
         gloo = dist.get_backend() == "gloo"
         comm = torch.device("cpu") if gloo else torch.device("cuda", torch.cuda.current_device())  # nccl
         home = self._device if self._device is not None else comm
-        self._agree_on_inputs(home)
+        self._agree(comm, home)
+        if self._merged:  # every process is merged already (they agree): nothing to add
+            return self
         for name in SYNCED:  # each part of the state merges as it declares (see failures.state)
             state = getattr(self, name)
             if state is not None:
@@ -334,27 +336,22 @@ class FailureAnalyzer(Displayable):
                           "pass indices= to update() to identify samples across processes", stacklevel=2)
         return self
 
-    def _agree_on_inputs(self, home: torch.device) -> None:
-        """Processes must agree on whether inputs were kept, and their shape and dtype; one that
-        kept none (it saw no batch) gets an empty kept set so that every process gathers alike."""
-        mine = None if self._with_inputs is None else (self._with_inputs, self._input_spec())
-        specs: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(specs, mine)
-        modes = {s for s in specs if s is not None}
-        if len({with_inputs for with_inputs, _ in modes}) > 1 or len({spec for _, spec in modes if spec}) > 1:
-            raise ValueError(f"sync(): processes disagree on the inputs they were given: {sorted(modes, key=str)}")
-        spec = next((s for _, s in modes if s), None)
-        if spec is not None:
-            shape, dtype = spec
-            self._with_inputs = True
-            if self._kept is None:
-                self._kept = Kept.empty(self.keep, torch.zeros((1, *shape), dtype=getattr(torch, dtype), device=home))
-
-    def _input_spec(self) -> tuple[tuple[int, ...], str] | None:
-        if self._kept is None:
-            return None
-        inputs = self._kept.inputs
-        return tuple(inputs.shape[1:]), dtype_name(inputs)
+    def _agree(self, comm: torch.device, home: torch.device) -> None:
+        """Before anything whose size depends on the state travels (gloo aborts the process on a
+        size mismatch; nccl hangs), one all_gather of a fixed-size row per process: class count,
+        ``keep``, whether merged, and the inputs' presence, dtype and shape. Any disagreement raises
+        the same ValueError on every process. A process that saw no batch takes the others' inputs:
+        an empty kept set, so that every process gathers alike."""
+        row = checks.agreement_row(self.num_classes, self.keep, self._merged, self._with_inputs, self._inputs_like)
+        rows = gather_fixed(row, comm)
+        problem = checks.disagreement(rows)
+        if problem is not None:
+            raise ValueError(problem)
+        like = next((t for t in (checks.like_of(r, home) for r in rows) if t is not None), None)
+        if like is not None and self._with_inputs is None:
+            self._with_inputs, self._inputs_like = True, like.cpu()
+            if self.keep:
+                self._kept = Kept.empty(self.keep, like)
 
     # -- reports ---------------------------------------------------------------------------------
 
@@ -370,13 +367,13 @@ class FailureAnalyzer(Displayable):
             "error_rate": json_float(self.error_rate),
             "calibration_error": json_float(self.calibration_error(n_bins)),
             "n_bins": n_bins,
-            "confusion_matrix": self.confusion_matrix().tolist(),
+            "confusion_matrix": self._confusion().tolist(),  # lists straight from the counts: no copy
             "per_class": per_class,
             "macro": {m: float(np.mean([row[m] for row in per_class])) for m in ("precision", "recall", "f1")},
             "most_confused": [{"true": t, "predicted": p, "count": n}
                               for t, p, n in self.most_confused(self.num_classes**2)],
-            "label_issues": [f.index for f in self.label_issues()],
-            "failures": [f.to_dict() for f in self.failures] if failures else None,
+            "label_issues": self.label_issues().indices.tolist(),
+            "failures": self.failures.to_dicts() if failures else None,
             "history": [record.to_dict() for record in self.history],
         }
 

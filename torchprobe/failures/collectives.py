@@ -42,3 +42,12 @@ def gather_rows(rows: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return [part[:size] for part, size in zip(parts, counts)]
+
+
+def gather_fixed(row: list[int], device: torch.device) -> list[list[int]]:
+    """Every process's ``row`` of integers, all of one length (one small all_gather: safe to run
+    before anything whose size may differ between processes)."""
+    mine = torch.tensor(row, dtype=torch.int64, device=device)
+    rows = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, mine)
+    return [r.tolist() for r in rows]

@@ -14,6 +14,7 @@ from torchprobe.failures.records import Failure
 from torchprobe.failures.state import RESOLUTION
 
 Label = Callable[[int], "str | int"]
+BLOCK = 1 << 22  # confusion cells most_confused scans at once (temporaries: about 16 bytes a cell, 64 MiB)
 
 
 def per_class(cm: np.ndarray, label: Label) -> list[dict[str, Any]]:
@@ -29,12 +30,24 @@ def per_class(cm: np.ndarray, label: Label) -> list[dict[str, Any]]:
 
 def most_confused(cm: np.ndarray, k: int, label: Label) -> list[tuple[str | int, str | int, int]]:
     """The ``k`` largest off-diagonal cells as ``(true, predicted, count)``, largest first
-    (ties by true, then predicted class)."""
-    cm = cm.copy()
-    np.fill_diagonal(cm, 0)
-    true, predicted = np.nonzero(cm)
-    order = np.lexsort((predicted, true, -cm[true, predicted]))[:k]
-    return [(label(int(true[i])), label(int(predicted[i])), int(cm[true[i], predicted[i]])) for i in order]
+    (ties by true, then predicted class). The matrix is read in blocks of rows of about ``BLOCK``
+    cells, keeping the best ``k`` cells so far: no copy of the matrix, whatever its size."""
+    c = len(cm)
+    flat = cm.reshape(-1)  # a view: cm is C-contiguous
+    best = (np.empty(0, np.int64), np.empty(0, np.int64))  # flat positions, counts
+    for lo in range(0, c, max(1, BLOCK // c)):
+        block = flat[lo * c:(lo + max(1, BLOCK // c)) * c]
+        cells = np.flatnonzero(block) + lo * c
+        cells = cells[cells // c != cells % c]  # off the diagonal
+        best = _top(k, np.concatenate([best[0], cells]), np.concatenate([best[1], flat[cells]]))
+    true, predicted = np.divmod(best[0], c)
+    return [(label(t), label(p), n) for t, p, n in zip(true.tolist(), predicted.tolist(), best[1].tolist())]
+
+
+def _top(k: int, cells: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` cells with the largest counts, ties by position (true class, then predicted)."""
+    order = np.lexsort((cells, -counts))[:max(k, 0)]
+    return cells[order], counts[order]
 
 
 def reliability(bins: np.ndarray, bin_confidence: np.ndarray, n_bins: int) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal, Protocol, TypeVar
 import numpy as np
 import torch
 
-from torchprobe.failures.records import Failure
+from torchprobe.failures.records import FailureList
 
 RESOLUTION = 3600  # equal calibration bins counted; calibration_error(n_bins) is exact for its divisors
 Ranking = Literal["loss", "confidence"]
@@ -53,7 +53,11 @@ class Totals:
 
     def add(self, code: np.ndarray, confidence: np.ndarray, target_logp: np.ndarray, num_classes: int) -> None:
         true, predicted = np.divmod(code, num_classes)
-        self.confusion += np.bincount(code, minlength=num_classes**2)
+        if len(self.confusion) <= 4 * len(code):
+            self.confusion += np.bincount(code, minlength=len(self.confusion))
+        else:  # many classes: no temporary as large as the matrix (8*C^2 bytes)
+            cells, counts = np.unique(code, return_counts=True)
+            self.confusion[cells] += counts
         confidence = confidence.astype(np.float64)
         fine = np.minimum((confidence * RESOLUTION).astype(np.int64), RESOLUTION - 1)  # exact for float32
         self.bins += np.bincount(fine * 2 + (true == predicted), minlength=2 * RESOLUTION)
@@ -175,8 +179,32 @@ class Records:
     def take(self, rows: np.ndarray) -> Records:
         return Records(*(c[rows] for c in self.columns()))
 
-    def failures(self) -> list[Failure]:
-        return [Failure(int(i), int(t), int(p), float(c), float(loss)) for i, t, p, c, loss in zip(*self.columns())]
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def failures(self, rows: np.ndarray | None = None, inputs: torch.Tensor | None = None) -> FailureList:
+        """The records at ``rows`` (all without), read lazily: no copy of the columns."""
+        return FailureList(self.columns(), inputs, rows)
+
+    def by_index(self) -> np.ndarray:
+        """The rows by index, then arrival."""
+        return np.argsort(self.index, kind="stable")
+
+    def ranked(self, key: np.ndarray, k: int | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+        """The ``k`` rows (of ``rows``, default all) of highest ``key`` (all without ``k``), highest
+        first, ties by index, then arrival. For a few of many, only those that reach the ``k``-th
+        key are sorted."""
+        n = len(key) if rows is None else len(rows)
+        if k is not None and k < n:
+            if k <= 0:
+                return np.empty(0, np.int64)
+            keys = key if rows is None else key[rows]
+            threshold = np.partition(keys, n - k)[n - k]  # the k-th highest
+            reach = np.flatnonzero(keys >= threshold)  # ties at the threshold included, in arrival order
+            rows = reach if rows is None else rows[reach]
+        if rows is None:
+            return np.lexsort((self.index, -key))[:k]
+        return rows[np.lexsort((self.index[rows], -key[rows]))][:k]
 
     def parts(self) -> list[torch.Tensor]:
         """Two tensors (integer columns, real columns), so rows travel in two collectives."""
