@@ -18,6 +18,7 @@ from mnist_demo.console import run as run_script
 from mnist_demo.data import DataError, load_mnist
 from mnist_demo.files import CHECKPOINT, RunFolderError, new_run_folder
 from mnist_demo.recipe import RECIPES
+from mnist_demo.watch import PROGRESS_SECONDS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="The reference workload: the seed's MNIST CNN, trained offline with torchprobe attached.")
@@ -109,6 +110,14 @@ def train(
         "--overwrite", help="Replace the run --out holds (without it, a folder holding a run is refused).")] = False,
     dtype: Annotated[str, typer.Option(
         "--dtype", help="float32, or float64 for runs that must agree beyond float32 rounding.")] = "float32",
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard/--no-tensorboard",
+        help="TensorBoard event files in <out>/tensorboard (per-step loss and learning rate, per-epoch metrics, "
+             "the pictures).")] = True,
+    progress_every: Annotated[float, typer.Option(
+        "--progress-every", min=0.0,
+        help="Without a terminal: a progress line at least every this many seconds (and at each epoch's end).")
+    ] = PROGRESS_SECONDS,
     dist_timeout: Annotated[float, typer.Option(
         "--dist-timeout", min=1.0,
         help="Under torchrun: seconds any collective may wait for the other ranks.")] = 300.0,
@@ -154,7 +163,7 @@ def train(
                 _fail(str(error) if not ranks.distributed else f"rank {ranks.rank}: {error}", debug=debug)
             config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment,
                                  workers=workers, limit=limit, eval_limit=eval_limit, resume=resume, ranks=ranks,
-                                 dtype=DTYPES[dtype])
+                                 dtype=DTYPES[dtype], tensorboard=tensorboard, progress_seconds=progress_every)
             try:
                 run_training(config, dataset, console)
             except KeyboardInterrupt as stop:

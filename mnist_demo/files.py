@@ -10,6 +10,11 @@ then the folder is fsynced. A crash leaves the previous file or the new one, nev
 symlink planted under the name is replaced, its target is never written; every file gets the mode
 ``0666`` less the umask. The temporary files a crash leaves behind (``.<name>.*``) are removed when
 a run starts or resumes in the folder (:func:`remove_temp_files`).
+
+One exception: TensorBoard's event files under ``tensorboard/`` are append-only logs that
+TensorBoard tails while the run goes, written by its ``SummaryWriter`` under new, unique names;
+their folder is made by :func:`tensorboard_folder`, which replaces a planted symlink instead of
+following it, and ``--overwrite`` removes them.
 """
 
 from __future__ import annotations
@@ -36,8 +41,17 @@ CURVES = "curves.png"  # loss and accuracy per epoch
 SAMPLES = "samples.png"  # augmented training images
 FAILURES = "failures.png"  # the worst validation failures by loss
 CONFUSION = "confusion.png"  # the validation confusion matrix
+CONFUSION_ERRORS = "confusion_errors.png"  # the same, errors only (diagonal masked)
+RELIABILITY = "reliability.png"  # the reliability diagram of the final validation pass
+MOST_CONFUSED = "most_confused.png"  # the most frequent (true -> predicted) mistakes
+PER_CLASS = "per_class.png"  # validation accuracy (recall) per class
+RF = "rf.png"  # theoretical receptive-field windows of a few units per stage over a validation digit
+ERF = "erf.png"  # the effective receptive field per stage, initial weights and trained
+TENSORBOARD = "tensorboard"  # a folder: TensorBoard's event files (events.out.tfevents.*)
+EVENT_FILE_PREFIX = "events.out.tfevents."
 
-RUN_FILES = (CHECKPOINT, MODEL, METRICS, SUMMARY, REPORT, VAL_FAILURES, CURVES, SAMPLES, FAILURES, CONFUSION)
+PICTURES = (CURVES, SAMPLES, FAILURES, CONFUSION, CONFUSION_ERRORS, RELIABILITY, MOST_CONFUSED, PER_CLASS, RF, ERF)
+RUN_FILES = (CHECKPOINT, MODEL, METRICS, SUMMARY, REPORT, VAL_FAILURES, *PICTURES)
 RUN_MARKERS = (CHECKPOINT, METRICS, MODEL)  # a folder holding one of these holds a run (started or finished)
 _PROBE = "write-check"  # the name of the file that checks a folder can be written
 _TEMP_PREFIXES = tuple(f".{name}." for name in (*RUN_FILES, _PROBE))
@@ -100,7 +114,33 @@ def new_run_folder(
                 (path / name).unlink(missing_ok=True)
             except OSError as error:
                 raise RunFolderError(f"--overwrite: cannot remove {path / name}: {_reason(error)}") from error
+        _remove_event_files(path / TENSORBOARD)
     return path
+
+
+def _remove_event_files(folder: Path) -> None:
+    """``--overwrite``: the earlier run's TensorBoard events (a symlink in their place: the link only)."""
+    try:
+        if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+            folder.unlink()
+            return
+        if not folder.is_dir():
+            return
+        for entry in folder.iterdir():
+            if entry.name.startswith(EVENT_FILE_PREFIX) and (entry.is_symlink() or entry.is_file()):
+                entry.unlink()
+    except OSError as error:
+        raise RunFolderError(f"--overwrite: cannot remove the events in {folder}: {_reason(error)}") from error
+
+
+def tensorboard_folder(out: Path) -> Path:
+    """``out/tensorboard``, a real folder: a symlink or a file planted under the name is removed
+    (never followed), as :func:`write_file` replaces one under a file's name."""
+    folder = out / TENSORBOARD
+    if folder.is_symlink() or (os.path.lexists(folder) and not folder.is_dir()):
+        folder.unlink()
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def _unique_folder(parent: Path, stem: str) -> Path:

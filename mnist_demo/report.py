@@ -6,7 +6,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnist_demo.files import CONFUSION, CURVES, FAILURES, REPORT, SAMPLES, VAL_FAILURES, save_text
+from mnist_demo.files import (
+    CONFUSION,
+    CONFUSION_ERRORS,
+    CURVES,
+    ERF,
+    FAILURES,
+    MOST_CONFUSED,
+    PER_CLASS,
+    RELIABILITY,
+    REPORT,
+    RF,
+    SAMPLES,
+    VAL_FAILURES,
+    save_text,
+)
 from mnist_demo.history import EpochMetrics
 
 if TYPE_CHECKING:
@@ -22,6 +36,32 @@ def _history_row(h: EpochMetrics) -> str:
         f"| {h.epoch} | {h.train_loss:.4f} | {_percent(h.train_accuracy)} | {h.val_loss:.4f} | "
         f"{_percent(h.val_accuracy)} | {h.val_errors} | {h.flipped_to_wrong} | {h.lr:.4f} | {h.epoch_seconds:.1f} |"
     )
+
+
+def _erf_rows(erf: dict[str, Any]) -> list[str]:
+    """The ERF table: per stage, initial -> trained."""
+    def pair(key: str, fmt: Any) -> Any:
+        return lambda a, b: f"{fmt(a[key])} -> {fmt(b[key])}"
+
+    def share(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}%"
+
+    def size(x: list[int] | None) -> str:
+        return "-" if x is None else "x".join(map(str, x))
+
+    rows = [
+        f"Centre unit of each stage, mean |gradient| over {erf['images']} validation images; initial weights "
+        "-> trained. inside: share of the mass within the theoretical RF; area50/area95: fewest pixels holding "
+        "50%/95% of the mass, as a share of the RF's box (clipped to the image); size95: central 95% extent per axis.",
+        "",
+        "| stage | layer | RF | box (px) | inside | area50 | area95 | size95 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for a, b in zip(erf["initial"], erf["trained"]):
+        rows.append(f"| {b['stage']} | `{b['layer']}` | {size(b['rf'])} | {b['box']} | "
+                    f"{pair('inside', share)(a, b)} | {pair('area50', share)(a, b)} | "
+                    f"{pair('area95', share)(a, b)} | {pair('size95', size)(a, b)} |")
+    return rows
 
 
 def write_report(
@@ -57,6 +97,14 @@ def write_report(
         "",
         f"![confusion matrix]({CONFUSION})",
         "",
+        f"![errors only: the confusion matrix with its diagonal masked]({CONFUSION_ERRORS})",
+        "",
+        f"![most confused pairs]({MOST_CONFUSED})",
+        "",
+        f"![validation accuracy per class]({PER_CLASS})",
+        "",
+        f"![reliability diagram]({RELIABILITY})",
+        "",
         "Most confused (true -> predicted, count): "
         + ", ".join(f"{t} -> {p} ({n})" for t, p, n in analyzer.most_confused(5)),
         "",
@@ -75,6 +123,13 @@ def write_report(
         "",
         f"![augmented training samples]({SAMPLES})",
         "",
+        "### Receptive fields",
+        "",
+        f"![theoretical receptive fields of three units per stage]({RF})",
+        "",
+        f"![effective receptive field per stage, initial and trained]({ERF})",
+        "",
+        *(_erf_rows(metrics["erf"]) + [""] if metrics.get("erf") else []),
         "```",
         summary.rstrip(),
         "```",

@@ -18,10 +18,10 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from torch import nn
 
 import torchprobe
+from mnist_demo import fields
 from mnist_demo.augment import BatchedAugment
 from mnist_demo.data import MnistData, Split
 from mnist_demo.distributed import ONE_PROCESS, Ranks, all_gather, all_sum, with_global_batchnorm
@@ -31,6 +31,7 @@ from mnist_demo.history import EpochMetrics, history_rows
 from mnist_demo.model import Net
 from mnist_demo.recipe import Recipe
 from mnist_demo.run_folder import write_final, write_metrics, write_start
+from mnist_demo.watch import PROGRESS_SECONDS, Board, EpochProgress, status
 
 Pipeline = Literal["batched", "torchvision"]  # on-device tensor ops, or the seed's per-sample transforms
 PIPELINES: tuple[Pipeline, ...] = get_args(Pipeline)
@@ -50,6 +51,8 @@ class TrainConfig:
     resume: bool = False
     ranks: Ranks = ONE_PROCESS  # this process's place in a torchrun job (one process: rank 0 of 1)
     dtype: torch.dtype = torch.float32  # float64: runs that must agree beyond float32 rounding
+    tensorboard: bool = False  # event files in <out>/tensorboard (the CLI's default: on)
+    progress_seconds: float = PROGRESS_SECONDS  # without a terminal: a progress line at least this often
 
 
 def pick_device(name: str, ranks: Ranks = ONE_PROCESS) -> torch.device:
@@ -287,28 +290,40 @@ class Trainer:
 
     # -- one epoch ------------------------------------------------------------------------------
 
-    def train_epoch(self, batches: Iterable[Batch], progress: Progress, task: TaskID) -> Scores:
+    def train_epoch(self, batches: Iterable[Batch], progress: EpochProgress, board: Board | None = None) -> Scores:
         """One pass over ``batches``; the loss and accuracy returned are those of the whole epoch
-        (every rank's samples); the progress bar shows this rank's running values."""
+        (every rank's samples); ``progress`` shows this rank's running values, ``board`` gets each
+        step's loss (this rank's batch) and learning rate, both at the sync points only."""
         self.model.train()
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        first_step = self.scheduler.last_epoch + 1  # the run's count of optimizer steps, 1-based
+        step_losses: list[torch.Tensor] = []  # on the device until the next sync
+        step_lrs: list[float] = []
+        logging = board is not None and board.active
         for step, (x, y, global_batch) in enumerate(batches, 1):
             out = self.net(x)
             summed = F.nll_loss(out, y, reduction="sum")
             # DDP averages gradients over the ranks: this makes them those of the global batch's mean loss
             loss = summed * (self.ranks.world / global_batch)
             self.optimizer.zero_grad(set_to_none=True)
+            if logging:
+                step_lrs.append(self.lr)
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
             loss_sum += summed.detach().double()
             correct += (out.detach().argmax(1) == y).sum()
             seen += len(y)
+            if logging:
+                step_losses.append(summed.detach() / len(y))
             if step % 25 == 0 or step == self.steps_per_epoch:  # one device sync per 25 steps
-                progress.update(task, completed=step, loss=loss_sum.item() / max(seen, 1),
-                                acc=correct.item() / max(seen, 1), lr=self.lr)
+                progress.update(step, loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), self.lr, seen)
+                if board is not None and step_losses:
+                    done = step - len(step_losses)
+                    board.steps(first_step + done, torch.stack(step_losses).double().tolist(), step_lrs)
+                    step_losses, step_lrs = [], []
         total_loss, total_correct, total_seen = all_sum([loss_sum.item(), correct.item(), seen], self.device).tolist()
         return {"loss": total_loss / total_seen, "accuracy": total_correct / total_seen}
 
@@ -327,6 +342,19 @@ class Trainer:
             x = augment.apply(images[mine], {k: v[share] for k, v in params.items()})
             yield x.to(self.config.dtype), labels[mine], len(idx)
 
+    def schedule(self) -> list[float]:
+        """The learning rate of every optimizer step of the run (the one-cycle schedule replayed
+        on a scratch optimizer: the run's own is untouched)."""
+        scratch = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=self.recipe.max_lr / 25)
+        replay = torch.optim.lr_scheduler.OneCycleLR(scratch, max_lr=self.recipe.max_lr, epochs=self.recipe.epochs,
+                                                     steps_per_epoch=self.steps_per_epoch)
+        rates = []
+        for _ in range(self.recipe.epochs * self.steps_per_epoch):
+            rates.append(float(replay.get_last_lr()[0]))
+            scratch.step()
+            replay.step()
+        return rates
+
     def augmented_samples(self, count: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """The first ``count`` training images as the network sees them, for the run folder's picture
         (its own generator: the run's streams are untouched)."""
@@ -337,14 +365,6 @@ class Trainer:
 
 def _limited(split: Split, limit: int | None) -> Split:
     return split if limit is None else Split(split.images[:limit], split.labels[:limit])
-
-
-def progress_bar(console: Console) -> Progress:
-    return Progress(
-        TextColumn("epoch {task.fields[epoch]:>2}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}  lr {task.fields[lr]:.4f}"),
-        TimeRemainingColumn(), console=console, transient=True,
-    )
 
 
 def run_training(config: TrainConfig, data: MnistData, console: Console | None = None) -> dict[str, Any]:
@@ -369,16 +389,31 @@ def run_training(config: TrainConfig, data: MnistData, console: Console | None =
 
 def _train_and_write(config: TrainConfig, data: MnistData, trainer: Trainer, console: Console) -> dict[str, Any]:
     main = config.ranks.main
+    erf_inputs = fields.erf_inputs(data.val, trainer.device, config.dtype) if main else None
+    initial_erf = fields.measure(trainer.model, erf_inputs) if erf_inputs is not None else None  # initial weights
     if config.resume:
         trainer.restore()
         console.print(f"resumed {config.out} after epoch {trainer.epoch}")
+    board = Board.open(config.out, console, purge_step=trainer.scheduler.last_epoch + 1 if config.resume else None) \
+        if main and config.tensorboard else Board()
+    try:
+        return _epochs_and_files(config, data, trainer, console, board, initial_erf, erf_inputs)
+    finally:
+        board.close()
+
+
+def _epochs_and_files(config: TrainConfig, data: MnistData, trainer: Trainer, console: Console, board: Board,
+                      initial_erf: torchprobe.ERFResult | None, erf_inputs: torch.Tensor | None) -> dict[str, Any]:
+    main = config.ranks.main
     summary_text = ""
     if main:
         probe_input = torch.zeros(1, 1, 28, 28, dtype=config.dtype)
         summary = torchprobe.summary(trainer.model.eval(), input_data=probe_input)  # as evaluated
         summary_text = str(summary)
         console.print(summary)
-        write_start(config.out, summary_text, *trainer.augmented_samples())
+        assert erf_inputs is not None
+        write_start(config.out, summary_text, *trainer.augmented_samples(), model=trainer.model,
+                    digit=erf_inputs[0])
     augment = BatchedAugment(trainer.recipe.augment, generator=trainer.generator)
     loader = None
     if config.augment == "torchvision":
@@ -386,37 +421,44 @@ def _train_and_write(config: TrainConfig, data: MnistData, trainer: Trainer, con
 
         loader = torchvision_loader(trainer.train_split, trainer.recipe.augment, trainer.recipe.batch_size,
                                     trainer.generator, config.workers)
-    with progress_bar(console) as progress:
-        while trainer.epoch < trainer.recipe.epochs:
-            epoch = trainer.epoch + 1
-            task = progress.add_task("train", total=trainer.steps_per_epoch, epoch=epoch, loss=0.0, acc=0.0,
-                                     lr=trainer.lr)
-            started = time.perf_counter()
-            lr = trainer.lr
-            batches = trainer.batched_epoch(augment) if loader is None else _to_device(loader, trainer.device)
-            train = trainer.train_epoch(batches, progress, task)
-            seconds = time.perf_counter() - started
-            progress.remove_task(task)
-            row = _evaluate_epoch(trainer, data, epoch, train, lr, seconds)
-            trainer.epoch = epoch
-            trainer.history.append(row)
-            console.print(
-                f"epoch {epoch:>2}  train loss {row.train_loss:.4f} acc {row.train_accuracy:.4f}  "
-                f"val loss {row.val_loss:.4f} acc {row.val_accuracy:.4f}  errors {row.val_errors} "
-                f"({row.flipped_to_wrong} newly wrong)  {seconds:.1f}s"
-            )
-            trainer.save()
-            if main:
-                write_metrics(config.out, _metrics(config, data, trainer))
-    failures, test = final_evaluation(trainer.model, data, trainer.device, config.ranks)
+    while trainer.epoch < trainer.recipe.epochs:
+        epoch = trainer.epoch + 1
+        started = time.perf_counter()
+        lr = trainer.lr
+        batches = trainer.batched_epoch(augment) if loader is None else _to_device(loader, trainer.device)
+        with EpochProgress(console, epoch, trainer.recipe.epochs, trainer.steps_per_epoch, config.progress_seconds,
+                           config.ranks.world) as progress:
+            train = trainer.train_epoch(batches, progress, board)
+        seconds = time.perf_counter() - started
+        row = _evaluate_epoch(trainer, data, epoch, train, lr, seconds)
+        trainer.epoch = epoch
+        trainer.history.append(row)
+        console.print(
+            f"epoch {epoch:>2}  train loss {row.train_loss:.4f} acc {row.train_accuracy:.4f}  "
+            f"val loss {row.val_loss:.4f} acc {row.val_accuracy:.4f}  errors {row.val_errors} "
+            f"({row.flipped_to_wrong} newly wrong)  {seconds:.1f}s"
+        )
+        board.epoch(row)
+        trainer.save()
+        if main:
+            write_metrics(config.out, _metrics(config, data, trainer))
+    with status(console, f"final evaluation: validation failures ({len(data.val.labels):,} images) and the "
+                         f"official test set ({len(data.test.labels):,} images)"):
+        failures, test = final_evaluation(trainer.model, data, trainer.device, config.ranks)
     metrics = _metrics(config, data, trainer, test)
     metrics["val_failures"] = failures.to_dict(failures=False)
     metrics["finished"] = True
     if not main:
         return metrics
+    assert initial_erf is not None and erf_inputs is not None
+    trained_erf = fields.measure(trainer.model, erf_inputs)
+    metrics["erf"] = {"images": len(erf_inputs), "layers": [name for name, _ in fields.STAGES],
+                      "initial": fields.erf_numbers(initial_erf), "trained": fields.erf_numbers(trained_erf)}
     console.print(failures)
     console.print(f"official test set: loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}")
-    write_final(config.out, metrics, trainer.history, trainer.model.state_dict(), failures, summary_text)
+    board.scalars({"test/loss": test["loss"], "test/accuracy": test["accuracy"]}, trainer.epoch)
+    write_final(config.out, metrics, trainer.history, trainer.model.state_dict(), failures, summary_text,
+                lrs=trainer.schedule(), erf=(initial_erf, trained_erf), board=board)
     return metrics
 
 
@@ -425,9 +467,11 @@ def _evaluate_epoch(trainer: Trainer, data: MnistData, epoch: int, train: Scores
     """The validation pass after an epoch's training (BatchNorm re-estimated first if the recipe
     says so), closed in the failure watcher, and the epoch's history row."""
     if trainer.recipe.recalibrate_bn:
-        recalibrate_batchnorm(trainer.model, trainer.train_split, trainer.device, ranks=trainer.ranks)
+        with status(trainer.console, f"epoch {epoch}: re-estimating BatchNorm statistics on clean training images"):
+            recalibrate_batchnorm(trainer.model, trainer.train_split, trainer.device, ranks=trainer.ranks)
     watcher = trainer.watcher
-    val = evaluate(trainer.model, data.val, trainer.device, watcher, trainer.ranks)
+    with status(trainer.console, f"epoch {epoch}: validating ({len(data.val.labels):,} images)"):
+        val = evaluate(trainer.model, data.val, trainer.device, watcher, trainer.ranks)
     closed = watcher.end_epoch()
     flips = len(watcher.flips()) if len(watcher.history) >= 2 else 0
     return EpochMetrics(

@@ -85,10 +85,14 @@ def fast_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def stub_pictures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pictures written as the real ones are (save_figure, write_file), without matplotlib's 5 seconds."""
-    monkeypatch.setattr(run_folder, "curves", lambda history, path: save_figure(StubFigure(), path))
+    monkeypatch.setattr(run_folder, "curves", lambda history, path, lrs=None: save_figure(StubFigure(), path))
     monkeypatch.setattr(run_folder, "samples", lambda images, labels, path: save_figure(StubFigure(), path))
-    monkeypatch.setattr(run_folder, "plots", SimpleNamespace(gallery=lambda *a, **k: StubFigure(),
-                                                             confusion=lambda *a, **k: StubFigure()))
+    monkeypatch.setattr(run_folder, "rf_picture", lambda model, digit, path: save_figure(StubFigure(), path))
+    monkeypatch.setattr(run_folder, "erf_picture", lambda initial, trained, path: save_figure(StubFigure(), path))
+    for name in ("confusion_errors_figure", "per_class_figure"):
+        monkeypatch.setattr(run_folder, name, lambda *a, **k: StubFigure())
+    monkeypatch.setattr(run_folder, "plots", SimpleNamespace(**{
+        name: lambda *a, **k: StubFigure() for name in ("gallery", "confusion", "reliability", "most_confused")}))
 
 
 def run_demo(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
