@@ -95,3 +95,20 @@ def test_output_to_a_full_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(builtins, "print", full)
     proc = run_cli("summary", "mnist_demo.model:Net", "--input", "1,28,28", "--json")
     assert proc.returncode == 1 and "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torchprobe ... --json | head -c 300``: not an error of ours, so no error line (a shell's
+    exit status for SIGPIPE, 141)."""
+    import builtins
+
+    real_print = builtins.print
+
+    def closed(*args: object, **kwargs: object) -> None:
+        if kwargs.get("file") is None:
+            raise BrokenPipeError(32, "Broken pipe")
+        real_print(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "print", closed)
+    proc = run_cli("summary", "mnist_demo.model:Net", "--input", "1,28,28", "--json")
+    assert proc.returncode == 141 and proc.stderr == ""

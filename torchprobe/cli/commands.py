@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from torchprobe.shapes.result import ShapeError
 from torchprobe.stats.result import COLUMNS, DEFAULT_COLUMNS
 from torchprobe.version import __version__
 
-EXIT_MODEL_FAILED, EXIT_USAGE = 1, 2
+EXIT_MODEL_FAILED, EXIT_USAGE, EXIT_BROKEN_PIPE = 1, 2, 141  # 141: a shell's status for SIGPIPE
 
 app = typer.Typer(
     add_completion=False,
@@ -268,12 +269,23 @@ def _guarded(run: Callable[[], Any], debug: bool) -> None:
         run()
     except (ModelFailed, ModelCodeError) as failure:
         _report(str(failure), EXIT_MODEL_FAILED, debug)
-    except OSError as error:  # the output could not be written: a full disk, a closed pipe
+    except BrokenPipeError:  # the reader stopped early (``| head``): nothing to report
+        _silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
+    except OSError as error:  # the output could not be written: a full disk
         _report(f"writing the output failed: {one_line(error)}", EXIT_MODEL_FAILED, debug)
     except (UsageError, ForwardError, RFError) as error:
         message = error.summary if isinstance(error, ShapeError) else str(error)
         input_related = isinstance(error, UsageError) or getattr(error, "input_related", False)
         _report(message, EXIT_USAGE if input_related else EXIT_MODEL_FAILED, debug)
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe the interpreter's last flush of stdout must not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # not a file descriptor (captured output): nothing to flush there
+        pass
 
 
 def _report(message: str, code: int, debug: bool) -> None:
