@@ -271,3 +271,36 @@ def test_pictures_are_figures() -> None:
     assert isinstance(torchprobe.plots.erf_windows(corner, x[1]), Figure)
     with pytest.raises(KeyError):
         torchprobe.plots.erf_compare(at_init, trained, layer="1")  # a ReLU: not a chosen layer
+
+
+def test_cli_takes_real_inputs_from_a_tensor_or_npy_file(tmp_path: Path) -> None:
+    """``--data``: a saved tensor or a .npy array of real inputs; the first --batch samples, the
+    same map as the API given them."""
+    import numpy as np
+
+    source = tmp_path / "tiny.py"
+    source.write_text(TINY)
+    spec = f"{source}:Tiny"
+    images = torch.randn(5, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+    torch.save({"images": images}, tmp_path / "images.pt")
+    np.save(tmp_path / "images.npy", images.numpy())
+    namespace: dict[str, object] = {}
+    exec(TINY, namespace)
+    torch.manual_seed(0)
+    model = namespace["Tiny"]()  # type: ignore[operator]
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    expected = torchprobe.effective_receptive_field(model, input_data=images[:4], layer="2").to_dict()["layers"][0]
+    assert expected["mass"] > 0
+    for name in ("images.pt", "images.npy"):
+        proc = run_cli("erf", spec, "--data", str(tmp_path / name), "--batch", "4", "--layer", "2",
+                       "--weights", str(tmp_path / "tiny.pt"), "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["inputs"] == "data" and report["input_shape"] == [4, 1, 12, 12]
+        assert np.allclose(report["layers"][0]["map"]["values"], expected["map"]["values"])
+    (tmp_path / "words.pt").write_bytes(b"not a tensor file")
+    assert_error(run_cli("erf", spec, "--data", str(tmp_path / "words.pt"), "--layer", "2"), 2, "--data")
+    torch.save(torch.zeros(4, dtype=torch.long), tmp_path / "labels.pt")
+    assert_error(run_cli("erf", spec, "--data", str(tmp_path / "labels.pt"), "--layer", "2"), 2, "not a batch")
+    assert_error(run_cli("erf", spec, "--data", str(tmp_path / "images.pt"), "--input", "1,12,12", "--layer", "2"),
+                 2, "not both")

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from torchprobe import api
-from torchprobe.cli.model_spec import load_model, parse_input, parse_kwargs
+from torchprobe.cli.model_spec import load_batch, load_model, load_weights, parse_input, parse_kwargs
 from torchprobe.engine.torch_utils import one_line
 from torchprobe.engine.tracer import Mode
 from torchprobe.errors import ForwardError, ModelCodeError, RFError, UsageError
@@ -148,14 +148,18 @@ def summary(
 @app.command()
 def erf(
     spec: Spec,
-    inputs: Inputs,
     layers: Annotated[list[str], typer.Option(
         "--layer", "-l", help="Qualified module name (\"\" for the whole model); repeat for several.")],
+    inputs: Annotated[list[str] | None, typer.Option(
+        "--input", "-i", help="Input size without the batch dim, e.g. 1,28,28 (not needed with --data).")] = None,
     kwargs: Kwargs = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Real inputs, batch dim first: a tensor saved with torch.save, or a .npy array; the first "
+        "--batch samples are used (default: random normal inputs of --input's size).")] = None,
     weights: Annotated[Path | None, typer.Option(
         "--weights", help="A state dict saved with torch.save (read with weights_only=True); default: the weights "
         "the spec builds.")] = None,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="How many random normal inputs to average over.")] = 16,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="How many inputs to average over.")] = 16,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
     unit: Annotated[str | None, typer.Option(
         "--unit", help="The unit, one index per unit dim (e.g. 3,3); default: the centre unit of each layer.")] = None,
@@ -169,15 +173,17 @@ def erf(
     Without data the inputs are random normal: a random-input ERF (of untrained weights unless --weights)."""
 
     def run() -> None:
-        model, sizes = _model_and_sizes(spec, kwargs, inputs)
-        if len(sizes) != 1:
-            raise UsageError(f"erf takes one --input, got {len(sizes)}")
+        model, sizes = _model_and_sizes(spec, kwargs, inputs or [])
+        if len(sizes) != (0 if data is not None else 1):
+            raise UsageError("erf takes one --input, or --data" if data is None or not sizes else
+                             "give --input or --data, not both (the data's samples have their own size)")
         if weights is not None:
-            _load_weights(model, weights)
+            load_weights(model, weights)
         if device == "meta":
             raise UsageError("--device meta: the ERF needs real values (auto, cpu or cuda)")
         chosen = _device(device)
-        result = api.effective_receptive_field(model, sizes[0], layer=layers, unit=_unit(unit), batch=batch,
+        given = {"input_data": load_batch(data, batch)} if data is not None else {"input_size": sizes[0]}
+        result = api.effective_receptive_field(model, **given, layer=layers, unit=_unit(unit), batch=batch,
                                                seed=seed, layout=_one_layout(layout), device=chosen)
         if as_json:
             print(json.dumps({**result.to_dict(), "weights": None if weights is None else str(weights)}))
@@ -187,28 +193,6 @@ def erf(
         _console().print(f"Weights: {where}.")
 
     _guarded(run, debug)
-
-
-def _load_weights(model: torch.nn.Module, path: Path) -> None:
-    """``--weights``: a state dict (or a checkpoint holding one under "model" or "state_dict")."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as error:
-        raise UsageError(f"--weights {path}: no such file") from error
-    except Exception as error:  # an unreadable file or pickle: one line, whatever torch raises
-        raise UsageError(f"--weights {path} is not a state dict torch.load reads with weights_only=True: "
-                         f"{one_line(error)}") from error
-    if isinstance(state, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"--weights {path} holds a {type(state).__name__}, not a state dict of tensors")
-    try:
-        model.load_state_dict(state)
-    except Exception as error:
-        raise UsageError(f"--weights {path} does not fit the model: {one_line(error)}") from error
 
 
 def _unit(text: str | None) -> tuple[int, ...] | None:

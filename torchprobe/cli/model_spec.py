@@ -11,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 
 from torchprobe.engine.inputs import MAX_ELEMENTS
@@ -130,3 +132,50 @@ def _candidates(module: ModuleType) -> str:
         if isinstance(v, type) and issubclass(v, nn.Module) and v.__module__ == module.__name__
     )
     return f" (modules defined there: {', '.join(names)})" if names else ""
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """``--weights``: a state dict (or a checkpoint holding one under "model" or "state_dict")."""
+    state = _load_tensors(path, "--weights")
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"--weights {path} holds a {type(state).__name__}, not a state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except Exception as error:
+        raise UsageError(f"--weights {path} does not fit the model: {one_line(error)}") from error
+
+
+def load_batch(path: Path, count: int) -> torch.Tensor:
+    """``--data``: real inputs, batch dim first: a tensor saved with ``torch.save`` (or a dict
+    holding one under "images", "inputs" or "x"), or a ``.npy`` array (no pickles); the first
+    ``count`` samples, as float32."""
+    if path.suffix == ".npy":
+        try:
+            value: Any = torch.from_numpy(np.load(path, allow_pickle=False))
+        except FileNotFoundError as error:
+            raise UsageError(f"--data {path}: no such file") from error
+        except Exception as error:  # a damaged or foreign file: one line
+            raise UsageError(f"--data {path} is not a .npy array numpy reads: {one_line(error)}") from error
+    else:
+        value = _load_tensors(path, "--data")
+        if isinstance(value, dict):
+            value = next((value[k] for k in ("images", "inputs", "x") if isinstance(value.get(k), torch.Tensor)), value)
+    numeric = isinstance(value, torch.Tensor) and (value.is_floating_point() or value.dtype == torch.uint8)
+    if not numeric or value.dim() < 2:
+        raise UsageError(f"--data {path} holds {type(value).__name__}, not a batch of images (a tensor N, C, ...)")
+    return value[:count].float()
+
+
+def _load_tensors(path: Path, option: str) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as error:
+        raise UsageError(f"{option} {path}: no such file") from error
+    except Exception as error:  # an unreadable file or a refused pickle: one line, whatever torch raises
+        raise UsageError(f"{option} {path} is not a file torch.load reads with weights_only=True: "
+                         f"{one_line(error)}") from error
