@@ -218,3 +218,23 @@ def test_macs_are_half_the_flops_of_every_row() -> None:
     lines = result.lines()
     assert all(line.macs * 2 == line.flops for line in lines)
     assert result.total_macs * 2 == result.total_flops > 0
+
+
+def test_the_flop_counter_runs_pointwise_and_view_ops_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decomposing an op can only find a matmul it hides: relu, add or a view hide none, and their
+    Python decompositions cost more than the rest of a pass (issue 15's profile)."""
+    from torchprobe.stats.flops import FlopCounter
+
+    decomposed: list[str] = []
+    real = torch._ops.OpOverload.decompose
+
+    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        decomposed.append(str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch._ops.OpOverload, "decompose", spy)
+    x = torch.empty(4, 8, device="meta")
+    with FlopCounter() as counter:
+        torch.relu(x + 1).view(8, 4).t() @ torch.empty(8, 3, device="meta")
+    assert counter.total == 2 * 4 * 8 * 3
+    assert not [name for name in decomposed if "relu" in name or "add" in name or "view" in name], decomposed

@@ -9,6 +9,7 @@ kernels do not, so a count never depends on the device.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import torch
@@ -20,6 +21,13 @@ from torchprobe.engine.torch_utils import META, tensors_in
 
 _SIZE_QUERIES = {torch.ops.prim.device.default, torch.ops.aten.size.default, torch.ops.aten.stride.default,
                  torch.ops.aten.numel.default, torch.ops.aten.dim.default}
+
+
+@cache
+def _hides_nothing(func: torch._ops.OpOverload) -> bool:
+    """A size query, a view or a pointwise op decomposes into no matmul or convolution: run it
+    as it is (its Python decomposition costs more than the rest of a pass)."""
+    return func in _SIZE_QUERIES or func.is_view or torch.Tag.pointwise in func.tags
 
 
 class FlopCounter(TorchDispatchMode):
@@ -36,7 +44,7 @@ class FlopCounter(TorchDispatchMode):
             return func(*args, **kwargs)
         formula = flop_registry.get(func._overloadpacket)
         if formula is None:
-            if func not in _SIZE_QUERIES:
+            if not _hides_nothing(func):
                 with self:
                     decomposed = func.decompose(*args, **kwargs)
                 if decomposed is not NotImplemented:
