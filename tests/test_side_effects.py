@@ -566,20 +566,14 @@ def test_snapshot_detects_each_kind_of_damage(damage: Callable[[nn.Module], Any]
         torch.set_grad_enabled(True)
 
 
-@pytest.mark.parametrize("enabled", [True, False])
-def test_the_pass_runs_without_the_cycle_collector_and_restores_it(enabled: bool) -> None:
-    """A pass allocates many small objects and no cycles worth collecting mid-pass (the collector
-    cost a quarter of a 1,000-block pass): it is off during the forward and as it was after."""
-    seen: list[bool] = []
+def test_memory_figures_do_not_depend_on_what_ran_before() -> None:
+    """The first pass in a process measures what the later ones do (pausing the cycle collector
+    for speed made the first one hold a cycle's tensor: 75,264 bytes alive at once, then 62,720)."""
+    import subprocess
+    import sys
 
-    class Watch(Probe):
-        def function(self, op: Any) -> None:
-            seen.append(gc.isenabled())
-
-    (gc.enable if enabled else gc.disable)()
-    try:
-        Tracer(Net(), [Watch()]).run([torch.Size((1, 1, 28, 28))])
-        assert seen and not any(seen)
-        assert gc.isenabled() == enabled
-    finally:
-        gc.enable()
+    code = ("import torchprobe; from mnist_demo.model import Net; "
+            "print(*[torchprobe.summary(Net(), (1, 28, 28)).memory.peak_activations for _ in range(2)])")
+    first, second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   timeout=120).stdout.split()
+    assert first == second

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -138,17 +137,3 @@ def available_bytes(device: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-@contextmanager
-def cycle_collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection during a pass: its many small objects kept triggering it (a
-    quarter of a 1,000-block pass), and nothing it makes needs collecting before the pass ends;
-    the collector comes back as it was."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()

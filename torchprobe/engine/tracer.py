@@ -25,7 +25,6 @@ from torchprobe.engine.torch_utils import (
     META,
     canonical_op_name,
     carries_indices,
-    cycle_collector_paused,
     has_tensor,
     model_device,
     module_names,
@@ -163,7 +162,6 @@ class Tracer:
             probe.start(inputs)
         state = stand_in_state(self.model, device, trainable=mode == "train")
         with ExitStack() as cleanup:
-            cleanup.enter_context(cycle_collector_paused())
             cleanup.enter_context(preserved_training_flags(self.model))
             cleanup.enter_context(preserved_tensor_attributes(self.model))
             self.model.train(mode == "train")
