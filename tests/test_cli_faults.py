@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,33 +83,28 @@ def test_a_real_fallback_that_would_not_fit_in_memory_is_refused() -> None:
         torchprobe.summary(NeedsValues(), (1, 100_000, 100_000))
 
 
-def test_output_to_a_full_device(monkeypatch: pytest.MonkeyPatch) -> None:
+def json_report_when_stdout_fails(monkeypatch: pytest.MonkeyPatch, error: OSError) -> Any:
+    """``summary --json`` with every print to stdout raising ``error`` (stderr still works)."""
     import builtins
 
     real_print = builtins.print
 
-    def full(*args: object, **kwargs: object) -> None:
+    def failing(*args: object, **kwargs: object) -> None:
         if kwargs.get("file") is None:
-            raise OSError(28, "No space left on device")
+            raise error
         real_print(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(builtins, "print", full)
-    proc = run_cli("summary", "mnist_demo.model:Net", "--input", "1,28,28", "--json")
+    monkeypatch.setattr(builtins, "print", failing)
+    return run_cli("summary", "mnist_demo.model:Net", "--input", "1,28,28", "--json")
+
+
+def test_output_to_a_full_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = json_report_when_stdout_fails(monkeypatch, OSError(28, "No space left on device"))
     assert proc.returncode == 1 and "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
     """``torchprobe ... --json | head -c 300``: not an error of ours, so no error line (a shell's
     exit status for SIGPIPE, 141)."""
-    import builtins
-
-    real_print = builtins.print
-
-    def closed(*args: object, **kwargs: object) -> None:
-        if kwargs.get("file") is None:
-            raise BrokenPipeError(32, "Broken pipe")
-        real_print(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(builtins, "print", closed)
-    proc = run_cli("summary", "mnist_demo.model:Net", "--input", "1,28,28", "--json")
+    proc = json_report_when_stdout_fails(monkeypatch, BrokenPipeError(32, "Broken pipe"))
     assert proc.returncode == 141 and proc.stderr == ""
