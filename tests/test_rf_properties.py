@@ -320,3 +320,20 @@ def test_pixel_shuffle_undoing_an_unshuffle_is_an_over_estimate() -> None:
     measured = torchprobe.measure_receptive_field(model, (1, 6, 6), "", (2, 3)).spans
     assert measured == ((2, 2), (3, 3))
     assert analytic == ((2, 3), (2, 3))
+
+
+def test_a_per_unit_op_hands_its_operands_state_on_without_a_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """relu, dropout, eval BatchNorm keep every unit's RF: the state is handed on as it is (the
+    merge it used to run was a seventh of a resnet50 pass), with the same result."""
+    import torch.nn as nn
+
+    import torchprobe
+    from torchprobe.rf.rules import core
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(), nn.Conv2d(4, 4, 3)).eval()
+    expected = torchprobe.receptive_field(model, (1, 16, 16)).to_dict()
+    merged: list[int] = []
+    real = core.merge
+    monkeypatch.setattr(core, "merge", lambda *args, **kwargs: merged.append(1) or real(*args, **kwargs))
+    assert torchprobe.receptive_field(model, (1, 16, 16)).to_dict() == expected
+    assert merged == []

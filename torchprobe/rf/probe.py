@@ -15,7 +15,8 @@ from torchprobe.engine.torch_utils import one_line, tensors_in
 from torchprobe.errors import RFError, UsageError
 from torchprobe.notes import Note, NoteCode
 from torchprobe.rf.layouts import LayoutArg, input_layout
-from torchprobe.rf.rules import RULES, Rule, RuleContext, RuleResult
+from torchprobe.rf.rules import RULES, Rule, RuleContext, RuleResult, elementwise
+from torchprobe.rf.rules.core import pointwise
 from torchprobe.rf.rules.writes import box_of, into
 from torchprobe.rf.state import RFState, TensorRF, UnknownRF
 
@@ -95,9 +96,14 @@ class RFProbe(Probe):
             return  # the output does not depend on the input we follow
         where = op.owner.name if op.owner else ""
         rule = RULES.for_op(op.name)
-        context = RuleContext(op.name, op.args, op.kwargs, op.output, self._state_of)
-        result = self._apply(rule, context, op.name, where)
-        self._assign(op.args[0] if op.output is None else op.output, result)  # __setitem__: None
+        handed = _handed_on(rule, inputs, in_states, op.output)
+        if handed is not None:
+            self.states[op.output] = handed  # already in fewest terms: it is its operand's
+            result: RuleResult = handed
+        else:
+            context = RuleContext(op.name, op.args, op.kwargs, op.output, self._state_of)
+            result = self._apply(rule, context, op.name, where)
+            self._assign(op.args[0] if op.output is None else op.output, result)  # __setitem__: None
         if op.inplace or op.name == "setitem":
             self._write_back(op.args[0], where)
         self._maybe_record_op(op, in_states, result)
@@ -178,3 +184,15 @@ class RFProbe(Probe):
     def result(self) -> tuple[list[LayerRecord], list[Note]]:
         """Rows in call order (modules that never returned, after a failure, are left out)."""
         return [r for r in self.records if r is not None], self.notes
+
+
+def _handed_on(rule: Rule | None, inputs: list[torch.Tensor], in_states: list[RFState | None],
+               output: Any) -> RFState | None:
+    """The state a per-unit op (relu, dropout, eval BatchNorm) passes on unchanged: one operand
+    follows the input, and the output has its shape; None when the rule must run."""
+    if rule is not pointwise and rule is not elementwise.elementwise or not isinstance(output, torch.Tensor):
+        return None
+    followed = [(t, s) for t, s in zip(inputs, in_states) if s is not None]
+    if len(followed) != 1 or followed[0][0].shape != output.shape:
+        return None
+    return followed[0][1]
