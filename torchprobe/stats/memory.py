@@ -32,7 +32,7 @@ class MemoryCounter:
 
     def hold(self, tensors: Iterable[torch.Tensor]) -> int:
         """Mark storages that are not the pass's to allocate; returns their bytes (each once)."""
-        fresh = {_key(t): _nbytes(t) for t in tensors if _key(t) not in self._held}
+        fresh = {key: _nbytes(t) for t in tensors if (key := _key(t)) not in self._held}
         self._held.update(fresh)
         return sum(fresh.values())
 
@@ -70,9 +70,10 @@ class MemoryCounter:
         weakref.finalize(tensor.untyped_storage(), self._freed, key, size)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self._open and _key(tensor) not in self._held:
+        key = _key(tensor)
+        if self._open and key not in self._held:
             self._track(tensor)
-            self._kept.setdefault(_key(tensor), (_nbytes(tensor), self.tag))
+            self._kept.setdefault(key, (_nbytes(tensor), self.tag))
         return tensor
 
     def _freed(self, key: int, size: int) -> None:

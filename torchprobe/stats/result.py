@@ -98,7 +98,7 @@ class ModelSummary(Displayable):
     @property
     def size_bytes(self) -> int:
         """Bytes of the unique parameters and buffers (shared and tied tensors once)."""
-        return sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
+        return self.param_bytes + self.buffer_bytes
 
     @property
     def total_flops(self) -> int:
