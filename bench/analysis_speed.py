@@ -26,6 +26,7 @@ Run from a checkout with the environment's torchvision and torchinfo:
     OMP_NUM_THREADS=1 .venv/bin/python bench/analysis_speed.py --models resnet50,vgg16 --repeat 7
     OMP_NUM_THREADS=1 .venv/bin/python bench/analysis_speed.py --profile resnet50,vgg16,swin_t,conv1000 --repeat 3
     OMP_NUM_THREADS=1 .venv/bin/python bench/analysis_speed.py --ablate resnet50,vgg16,swin_t,conv1000
+    OMP_NUM_THREADS=1 .venv/bin/python bench/analysis_speed.py --floor vgg16,resnet50,net
 
 Results: docs/benchmarks.md.
 """
@@ -53,6 +54,7 @@ import torch
 import torchinfo
 import torchvision
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import torchprobe
 from torchprobe.engine.inputs import model_inputs
@@ -333,6 +335,54 @@ def ablate_part(names: list[str], repeat: int) -> None:
             print(f"| {variant} | {t:.1f} | {t - full:+.1f} ms ({100 * (t - full) / full:+.0f}%) |", flush=True)
 
 
+class _PassThrough(TorchFunctionMode):
+    """A function mode that only calls the function: what seeing every op costs by itself."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        return func(*args, **(kwargs or {}))
+
+
+def _ignore(*_: object) -> None:
+    return None
+
+
+def observed_floors(case: Case) -> dict[str, Callable[[], object]]:
+    """The bare meta forward, and the same forward seen the way any hook-based tool must see it:
+    an empty pre/post hook on every module, a pass-through function mode, both."""
+    with torch.device("meta"):
+        floor = case.build().eval()
+    x = torch.empty((1, *case.size), device="meta")
+
+    def run(hooks: bool, mode: bool) -> Callable[[], object]:
+        def go() -> object:
+            modules = list(floor.modules()) if hooks else []
+            handles = [h for m in modules for h in (m.register_forward_pre_hook(_ignore, with_kwargs=True),
+                                                    m.register_forward_hook(_ignore, with_kwargs=True))]
+            try:
+                with torch.no_grad(), _PassThrough() if mode else nullcontext():
+                    return floor(x)
+            finally:
+                for handle in handles:
+                    handle.remove()
+        return go
+
+    return {"bare": run(False, False), "function mode": run(False, True), "hooks": run(True, False),
+            "hooks + function mode": run(True, True)}
+
+
+def floor_part(names: list[str], repeat: int) -> None:
+    print(f"\n### The cost of observing at all (ms, median of {repeat}; ratio to bare)\n")
+    print("| model, input | bare | function mode | hooks | hooks + function mode |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in names:
+        case = model_case(name)
+        ms = medians(observed_floors(case), repeat)
+        b = ms["bare"]
+        seen = ("function mode", "hooks", "hooks + function mode")
+        cells = " | ".join(f"{ms[k]:.1f} ({ms[k] / b:.2f}x)" for k in seen)
+        print(f"| {case.name}, {'x'.join(map(str, case.size))} | {b:.1f} | {cells} |", flush=True)
+
+
 def parse_list(text: str | None) -> list[str] | None:
     return None if text is None else [t for t in text.split(",") if t]
 
@@ -345,6 +395,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds (median); with --profile, profiled calls")
     parser.add_argument("--profile", help="comma-separated models (or convN, linearN) to profile instead of timing")
     parser.add_argument("--ablate", help="comma-separated models to time with one part switched off at a time")
+    parser.add_argument("--floor", help="comma-separated models: the bare forward with empty hooks and a "
+                        "pass-through function mode (what observing costs by itself)")
     parser.add_argument("--json", help="also write the numbers to this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -357,6 +409,9 @@ def main() -> None:
         return
     if args.ablate:
         ablate_part(parse_list(args.ablate) or [], args.repeat)
+        return
+    if args.floor:
+        floor_part(parse_list(args.floor) or [], args.repeat)
         return
     chosen = {"models": parse_list(args.models), "depth": parse_list(args.depth), "sizes": parse_list(args.sizes)}
     everything = all(v is None for v in chosen.values())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -84,9 +84,10 @@ def private_rng(device: str) -> AbstractContextManager[Any]:
 
 
 @contextmanager
-def preserved_training_flags(model: nn.Module) -> Iterator[None]:
-    """Restore every module's own ``training`` flag, not only the root's."""
-    flags = [(m, m.training) for m in model.modules()]
+def preserved_training_flags(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Restore every module's own ``training`` flag, not only the root's (``modules``: all of the
+    model's, ``model.modules()``)."""
+    flags = [(m, m.training) for m in modules]
     try:
         yield
     finally:
@@ -106,11 +107,11 @@ def dtype_name(tensor: torch.Tensor) -> str:
 
 
 @contextmanager
-def preserved_tensor_attributes(model: nn.Module) -> Iterator[None]:
+def preserved_tensor_attributes(modules: Iterable[nn.Module]) -> Iterator[None]:
     """Every module's plain tensor attributes (not parameters or buffers) come back as they were:
     old-style ``weight_norm`` and ``spectral_norm`` rebind ``weight`` in a forward pre-hook, a
     forward may keep its last output; on meta those would stay meta tensors."""
-    before = [(m, {k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)}) for m in model.modules()]
+    before = [(m, {k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)}) for m in modules]
     try:
         yield
     finally:

@@ -8,8 +8,8 @@ module's own ``training`` flag are restored in ``finally``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -94,6 +94,7 @@ class Tracer:
         self.model = unwrap(model)  # the model inside torch.compile or data parallelism
         self.probes = list(probes)
         self.names = module_names(self.model)
+        self.modules = [m for _, m in self.model.named_modules()]  # each once, walked once per tracer
         self.stack: list[ModuleCall] = []
         self.calls: dict[int, int] = {}
         self.quiet = False  # True while torchprobe's own hook code runs
@@ -103,31 +104,32 @@ class Tracer:
     def emit_op(self, func: Any, args: tuple, kwargs: dict, output: Any, failed: bool = False) -> None:
         name, inplace = canonical_op_name(func)
         op = OpCall(name, func, tuple(args), dict(kwargs), output, self.stack[-1] if self.stack else None, inplace)
-        with self._quiet():
+        previous, self.quiet = self.quiet, True
+        try:
             for probe in self.probes:
                 probe.op_failed(op) if failed else probe.function(op)
+        finally:
+            self.quiet = previous
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        with self._quiet():
+        previous, self.quiet = self.quiet, True  # a flag, not a context manager: this runs per call
+        try:
             index = self.calls.get(id(module), 0)
             self.calls[id(module)] = index + 1
             call = ModuleCall(self.names.get(id(module), "?"), module, len(self.stack), index, args, kwargs)
             self.stack.append(call)
             for probe in self.probes:
                 probe.module_enter(call)
+        finally:
+            self.quiet = previous
 
     def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        with self._quiet():
+        previous, self.quiet = self.quiet, True
+        try:
             call = self.stack.pop()
             call.output = output
             for probe in self.probes:
                 probe.module_exit(call)
-
-    @contextmanager
-    def _quiet(self) -> Iterator[None]:
-        previous, self.quiet = self.quiet, True
-        try:
-            yield
         finally:
             self.quiet = previous
 
@@ -162,12 +164,12 @@ class Tracer:
             probe.start(inputs)
         state = stand_in_state(self.model, device, trainable=mode == "train")
         with ExitStack() as cleanup:
-            cleanup.enter_context(preserved_training_flags(self.model))
-            cleanup.enter_context(preserved_tensor_attributes(self.model))
+            cleanup.enter_context(preserved_training_flags(self.modules))
+            cleanup.enter_context(preserved_tensor_attributes(self.modules))
             self.model.train(mode == "train")
-            for module in {id(m): m for m in self.model.modules()}.values():
-                cleanup.callback(module.register_forward_pre_hook(self._pre_hook, with_kwargs=True).remove)
-                cleanup.callback(module.register_forward_hook(self._post_hook, with_kwargs=True).remove)
+            handles = [h for m in self.modules for h in (m.register_forward_pre_hook(self._pre_hook, with_kwargs=True),
+                                                         m.register_forward_hook(self._post_hook, with_kwargs=True))]
+            cleanup.callback(lambda: [h.remove() for h in handles])
             cleanup.enter_context(torch.set_grad_enabled(mode == "train"))
             cleanup.enter_context(private_rng(device))
             for probe in self.probes:
@@ -177,9 +179,12 @@ class Tracer:
                 return torch.func.functional_call(self.model, state, tuple(inputs), kwargs, strict=False)
             except (Exception, SystemExit) as error:  # the model's own failure (sys.exit too): report it with its place
                 stack = list(self.stack)
-                with self._quiet():
+                self.quiet = True
+                try:
                     for probe in self.probes:
                         probe.failed(error, stack)
+                finally:
+                    self.quiet = False
                 if isinstance(error, TorchProbeError):  # a probe's own verdict (strict mode)
                     raise
                 where = stack[-1].name if stack else None

@@ -25,7 +25,7 @@ def analyze_failures(model: nn.Module, loader: Iterable[Any], num_classes: int |
     select = select or first_tensor
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with preserved_training_flags(model), torch.no_grad():
+    with preserved_training_flags(model.modules()), torch.no_grad():
         model.eval()
         for batch in loader:
             if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):

@@ -65,9 +65,10 @@ class Placement:
     def table(self, dim: int) -> np.ndarray | None:
         return self.tables[self.dims.index(dim)] if dim in self.dims else None
 
-    @property
+    @cached_property
     def dim(self) -> int | None:
-        """The dim when the axis sits on exactly one, index ``i`` being unit ``i``; else None."""
+        """The dim when the axis sits on exactly one, index ``i`` being unit ``i``; else None
+        (cached: every rule asks, and the tables never change)."""
         if len(self.dims) != 1:
             return None
         table = self.tables[0]
