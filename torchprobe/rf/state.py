@@ -87,6 +87,8 @@ class TensorRF:
         def step(_a: int, m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
             if dim not in p.dims:
                 return m, p
+            if p.dim == dim:  # the conv-net case: the axis is this dim, unit i at index i
+                return (geometry(m) if geometry else m.gathered(rows())), Placement.on(dim, shapes[1][dim])
             marks = [(d, t) for d, t in zip(p.dims, p.tables) if d != dim]
             if all(np.isin(t, (0, NO_UNIT)).all() for _, t in marks):  # the other dims only mark "no unit"
                 m, _ = sole(m, Placement.of([(dim, p.tables[p.dims.index(dim)])]))
