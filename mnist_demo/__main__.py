@@ -118,6 +118,12 @@ def train(
         "--progress-every", min=0.0,
         help="Without a terminal: a progress line at least every this many seconds (and at each epoch's end).")
     ] = PROGRESS_SECONDS,
+    threads: Annotated[str, typer.Option(
+        "--threads", help="CPU threads: a number, or auto (OMP_NUM_THREADS if set, else 1 on a busy machine, "
+                          "up to 2 on idle cores).")] = "auto",
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last",
+        help="Weights and activations in channels_last layout (default: on the CPU, where it is faster).")] = None,
     dist_timeout: Annotated[float, typer.Option(
         "--dist-timeout", min=1.0,
         help="Under torchrun: seconds any collective may wait for the other ranks.")] = 300.0,
@@ -127,6 +133,7 @@ def train(
     from torch.distributed import DistError
 
     from mnist_demo.distributed import Ranks, broadcast, local_rank_zero_first, process_group
+    from mnist_demo.threads import choose_threads
     from mnist_demo.train import PIPELINES, TrainConfig, pick_device, run_training
 
     if recipe not in RECIPES:
@@ -149,7 +156,16 @@ def train(
         target = pick_device(device, ranks)
     except ValueError as error:
         _fail(str(error), debug=debug)
+    try:
+        thread_count, why = choose_threads(threads)
+    except ValueError as error:
+        _fail(str(error), debug=debug)
+    torch.set_num_threads(thread_count)
+    layout = torch.channels_last if (target.type == "cpu" if channels_last is None else channels_last) \
+        else torch.contiguous_format
     console = Console(quiet=not ranks.main) if sys.stdout.isatty() else Console(width=160, quiet=not ranks.main)
+    console.print(f"threads: {thread_count} ({why}); memory format: {str(layout).removeprefix('torch.')}",
+                  markup=False, highlight=False)
     try:
         with process_group(ranks, target, timedelta(seconds=dist_timeout)):
             # one run folder, named and checked by rank 0 before anything is loaded
@@ -163,7 +179,8 @@ def train(
                 _fail(str(error) if not ranks.distributed else f"rank {ranks.rank}: {error}", debug=debug)
             config = TrainConfig(chosen, folder, seed=seed, device=device, augment=augment,
                                  workers=workers, limit=limit, eval_limit=eval_limit, resume=resume, ranks=ranks,
-                                 dtype=DTYPES[dtype], tensorboard=tensorboard, progress_seconds=progress_every)
+                                 dtype=DTYPES[dtype], tensorboard=tensorboard, progress_seconds=progress_every,
+                                 memory_format=layout)
             try:
                 run_training(config, dataset, console)
             except KeyboardInterrupt as stop:
