@@ -161,8 +161,9 @@ def train(
     except ValueError as error:
         _fail(str(error), debug=debug)
     torch.set_num_threads(thread_count)
-    layout = torch.channels_last if (target.type == "cpu" if channels_last is None else channels_last) \
-        else torch.contiguous_format
+    if channels_last is None:
+        channels_last = target.type == "cpu"  # measured faster there (docs/benchmarks.md); CUDA unmeasured
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     console = Console(quiet=not ranks.main) if sys.stdout.isatty() else Console(width=160, quiet=not ranks.main)
     console.print(f"threads: {thread_count} ({why}); memory format: {str(layout).removeprefix('torch.')}",
                   markup=False, highlight=False)

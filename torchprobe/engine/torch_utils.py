@@ -58,11 +58,6 @@ def one_line(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def module_names(model: nn.Module) -> dict[int, str]:
-    """Qualified name of every module (the first name of a module registered twice)."""
-    return {id(m): name for name, m in model.named_modules()}
-
-
 def model_device(model: nn.Module) -> str:
     """Where the model's first real parameter or buffer lives ("cpu" when it has none)."""
     for tensor in [*model.parameters(), *model.buffers()]:

@@ -27,7 +27,6 @@ from torchprobe.engine.torch_utils import (
     carries_indices,
     has_tensor,
     model_device,
-    module_names,
     one_line,
     preserved_tensor_attributes,
     preserved_training_flags,
@@ -93,8 +92,9 @@ class Tracer:
             raise UsageError(f"expected a torch.nn.Module, got {type(model).__name__}")
         self.model = unwrap(model)  # the model inside torch.compile or data parallelism
         self.probes = list(probes)
-        self.names = module_names(self.model)
-        self.modules = [m for _, m in self.model.named_modules()]  # each once, walked once per tracer
+        named = list(self.model.named_modules())  # each module once, under its first name; walked once
+        self.names = {id(m): name for name, m in named}
+        self.modules = [m for _, m in named]
         self.stack: list[ModuleCall] = []
         self.calls: dict[int, int] = {}
         self.quiet = False  # True while torchprobe's own hook code runs
@@ -104,32 +104,27 @@ class Tracer:
     def emit_op(self, func: Any, args: tuple, kwargs: dict, output: Any, failed: bool = False) -> None:
         name, inplace = canonical_op_name(func)
         op = OpCall(name, func, tuple(args), dict(kwargs), output, self.stack[-1] if self.stack else None, inplace)
-        previous, self.quiet = self.quiet, True
-        try:
-            for probe in self.probes:
-                probe.op_failed(op) if failed else probe.function(op)
-        finally:
-            self.quiet = previous
+        self._notify("op_failed" if failed else "function", op)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        previous, self.quiet = self.quiet, True  # a flag, not a context manager: this runs per call
-        try:
-            index = self.calls.get(id(module), 0)
-            self.calls[id(module)] = index + 1
-            call = ModuleCall(self.names.get(id(module), "?"), module, len(self.stack), index, args, kwargs)
-            self.stack.append(call)
-            for probe in self.probes:
-                probe.module_enter(call)
-        finally:
-            self.quiet = previous
+        index = self.calls.get(id(module), 0)
+        self.calls[id(module)] = index + 1
+        call = ModuleCall(self.names.get(id(module), "?"), module, len(self.stack), index, args, kwargs)
+        self.stack.append(call)
+        self._notify("module_enter", call)
 
     def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        call = self.stack.pop()
+        call.output = output
+        self._notify("module_exit", call)
+
+    def _notify(self, event: str, *details: Any) -> None:
+        """Tell every probe, with ``quiet`` set so that the torch calls the probes make are not
+        reported as the model's (a flag, not a context manager: this runs several times per op)."""
         previous, self.quiet = self.quiet, True
         try:
-            call = self.stack.pop()
-            call.output = output
             for probe in self.probes:
-                probe.module_exit(call)
+                getattr(probe, event)(*details)
         finally:
             self.quiet = previous
 
@@ -179,12 +174,7 @@ class Tracer:
                 return torch.func.functional_call(self.model, state, tuple(inputs), kwargs, strict=False)
             except (Exception, SystemExit) as error:  # the model's own failure (sys.exit too): report it with its place
                 stack = list(self.stack)
-                self.quiet = True
-                try:
-                    for probe in self.probes:
-                        probe.failed(error, stack)
-                finally:
-                    self.quiet = False
+                self._notify("failed", error, stack)
                 if isinstance(error, TorchProbeError):  # a probe's own verdict (strict mode)
                     raise
                 where = stack[-1].name if stack else None
