@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from torchprobe.rf.axis import AxisMap
+from torchprobe.rf.placement import distinct_rows
 from torchprobe.rf.support import Support, covers, fused, joint_span, seen, taps_of_rows
 
 NO_LO, NO_HI = np.iinfo(np.int64).max, np.iinfo(np.int64).min
@@ -304,3 +305,34 @@ def test_an_empty_unit_without_sentinels_adds_nothing() -> None:
     other = make([(7, 8)])
     assert empty.union(other).span(0) == (7, 8)
     assert Support.concatenate([empty, other]).reduced().span(0) == (7, 8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(-1, 40), min_size=3, max_size=3), min_size=1, max_size=60),
+       st.integers(1, 3), st.sampled_from([1, 1 << 20, 1 << 40]))
+def test_distinct_rows_agree_with_numpys_row_sort(rows: list[list[int]], width: int, scale: int) -> None:
+    """Packed into one integer per row (or, when they do not fit, numpy's own row sort), the
+    classes come out in numpy's order, with the same first indices and the same inverse."""
+    table = np.array(rows, dtype=np.int64)[:, :width]
+    table = np.where(table >= 0, table * scale, table)
+    _, first, inverse = np.unique(table, axis=0, return_index=True, return_inverse=True)
+    ours_first, ours_inverse = distinct_rows(table)
+    np.testing.assert_array_equal(ours_first, first)
+    np.testing.assert_array_equal(ours_inverse, inverse.reshape(-1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 4), st.integers(0, 5), st.integers(-3, 3), st.integers(1, 7), st.integers(1, 3),
+       st.integers(0, 3), st.integers(1, 2), st.integers(5, 30))
+def test_a_period_one_window_in_closed_form_equals_the_hull_of_its_taps(
+    step: int, offset: int, shift: int, kernel: int, stride: int, padding: int, dilation: int, units: int
+) -> None:
+    """``sliding`` on a one-span map takes the hull of the two end taps; spelled out, every tap's
+    span gives the same hull, for any shift (a flipped map steps backwards)."""
+    m = AxisMap(1, shift, (offset,), (offset + step - 1,), units, units, (Support.identity(units),))
+    n_out = (units + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    assume(n_out >= 1)
+    out = m.sliding(kernel, stride, padding, dilation, n_out)
+    spans = [m.span(t * dilation - padding) for t in range(kernel)]
+    assert (out.lo[0], out.hi[0]) == (min(s[0] for s in spans), max(s[1] for s in spans))
+    assert (out.period, out.shift, out.units) == (1, shift * stride, n_out)

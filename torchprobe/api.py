@@ -58,7 +58,8 @@ def receptive_field(
 
 def _rf_result(probe: RFProbe, outcome: TraceOutcome) -> RFResult:
     records, diagnostics = probe.result()
-    layers = tuple(LayerRF.from_record(r, len(probe.axis_names)) for r in records)
+    figures: dict[int, dict[str, Any]] = {}  # by state: rows that share one work it out once
+    layers = tuple(LayerRF.from_record(r, len(probe.axis_names), figures) for r in records)
     return RFResult(probe.input_shape, layers, tuple(diagnostics), outcome.device, outcome.fallback_reason,
                     probe.axis_names, probe.spatial_size)
 

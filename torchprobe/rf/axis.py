@@ -167,6 +167,8 @@ class AxisMap:
         period = self.period // math.gcd(self.period, stride)
         shift = self.shift * period * stride // self.period
         taps = np.arange(n_out)[:, None] * stride - padding + np.arange(kernel)[None, :] * dilation
+        if self.period == 1:  # the textbook case: one span, moved by whole units; the hull in closed form
+            return self._slid(-padding, (kernel - 1) * dilation - padding, shift, n_out, self._read(taps))
         return self._windows(
             lambda r: (r * stride - padding + t * dilation for t in range(kernel)),
             period, shift, n_out, self._read(taps),
@@ -235,7 +237,7 @@ class AxisMap:
             for unit in range(k * n_in, (k + 1) * n_in):
                 hull = _merge(hull, self.span(unit))
                 spans.append(hull)
-        terms = tuple(Support(np.minimum.accumulate(t.lo), np.maximum.accumulate(t.hi)) for t in self.terms)
+        terms = tuple(Support._exact(np.minimum.accumulate(t.lo), np.maximum.accumulate(t.hi)) for t in self.terms)
         return AxisMap.from_table(spans, shift, self.size, n_in, terms)
 
     def union(self, other: AxisMap, units: int) -> AxisMap:
@@ -266,6 +268,15 @@ class AxisMap:
         low = np.where(valid, lo + q * self.shift, np.iinfo(np.int64).max).min(axis=1, initial=np.iinfo(np.int64).max)
         high = np.where(valid, hi + q * self.shift, np.iinfo(np.int64).min).max(axis=1, initial=np.iinfo(np.int64).min)
         return [(int(a), int(b)) if ok else (None, None) for a, b, ok in zip(low, high, valid.any(axis=1))]
+
+    def _slid(self, first: int, last: int, shift: int, units: int, terms: tuple[Support, ...]) -> AxisMap:
+        """A period-1 map whose unit 0 reads units ``first .. last`` of this period-1 map: their
+        hull is the two end units' spans (spans move by ``self.shift`` per unit)."""
+        lo, hi = self.lo[0], self.hi[0]
+        if lo is None or hi is None:
+            return AxisMap(1, shift, (None,), (None,), self.size, units, terms)
+        ends = (first * self.shift, last * self.shift)
+        return AxisMap(1, shift, (lo + min(ends),), (hi + max(ends),), self.size, units, terms)
 
     def _tiling(self) -> tuple[int, int]:
         """How many copies of the input's length bring this map back in phase, and their shift in

@@ -143,6 +143,8 @@ def separated(values: np.ndarray) -> list[np.ndarray] | None:
     of whole slices (an index of one dim that has no unit, whatever the others)."""
     n = values.ndim
     missing = values < 0
+    if n == 1:  # one dim: the table is the values
+        return None if missing.all() else [np.where(missing, NO_UNIT, values)]
     lost = [np.asarray(missing.all(axis=tuple(b for b in range(n) if b != a))) for a in range(n)]
     lost_anywhere = np.zeros(values.shape, dtype=bool)
     for a, mask in enumerate(lost):
@@ -169,6 +171,21 @@ def separated(values: np.ndarray) -> list[np.ndarray] | None:
     return tables
 
 
+def distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_index=True, return_inverse=True)[1:]`` (rows of entries
+    >= NO_UNIT, classes in the same sorted order): each row packed into one integer when they fit,
+    which sorts a token dim of 25,088 indices in a fraction of the time numpy's row sort takes."""
+    base = int(rows.max(initial=0)) + 2  # entry + 1 lies in [0, base)
+    if rows.shape[1] * base.bit_length() > 62:
+        _, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        return first, inverse.reshape(-1)
+    keys = np.zeros(len(rows), dtype=np.int64)
+    for column in rows.T:  # the first column most significant: numpy's row order
+        keys = keys * base + (column + 1)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return first, inverse
+
+
 @dataclass(frozen=True, eq=False)
 class Columns:
     """Placements read on the distinct columns of their tables: along each dim, the indices where
@@ -189,7 +206,7 @@ class Columns:
         for d in sorted(dims):
             columns = [p.table(d) for p in places]
             stacked = np.stack([np.broadcast_to(c if c is not None else 0, (shape[d],)) for c in columns], axis=1)
-            _, first, back = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+            first, back = distinct_rows(stacked)
             sizes[d], inverse[d] = len(first), back.reshape(-1)
             for k, c in enumerate(columns):
                 if c is not None:

@@ -56,12 +56,16 @@ def viewed(state: TensorRF, in_shape: Sequence[int], out_shape: Sequence[int], o
     n_in, n_out = len(in_shape), len(out_shape)
     notes: list[str] = []
     # first: an axis that a block cannot hand on to the new dims is combined over that block
-    for dims_in, dims_out in blocks:
+    handed: dict[tuple[int, int], tuple[Placement, list[np.ndarray]]] = {}  # (block, axis): tables, for the pass below
+    for b, (dims_in, dims_out) in enumerate(blocks):
         neg_in = [d - n_in for d in dims_in]
         sizes = [out_shape[d] for d in _carrying(dims_out, out_shape)]
         for a, place in enumerate(state.places):
             own = _restricted(place, neg_in)
-            if own.dims and (not sizes or separated(own.grid(neg_in, in_shape).reshape(sizes)) is None):
+            tables = separated(own.grid(neg_in, in_shape).reshape(sizes)) if own.dims and sizes else None
+            if tables is not None:
+                handed[b, a] = place, tables
+            if own.dims and tables is None:
                 axes, places = list(state.axes), list(state.places)
                 spelled = sorted(set(place.dims) | {d for d in neg_in if in_shape[d] > 1})
                 if sizes and math.prod(in_shape[d] for d in spelled) <= SPELLED_OUT_LIMIT:
@@ -73,13 +77,15 @@ def viewed(state: TensorRF, in_shape: Sequence[int], out_shape: Sequence[int], o
                 state = TensorRF(tuple(axes), tuple(places), state.aligned)
     # then every block hands its tables on
     pairs: list[list[tuple[int, np.ndarray]]] = [[] for _ in state.axes]
-    for dims_in, dims_out in blocks:
+    for b, (dims_in, dims_out) in enumerate(blocks):
         neg_in = [d - n_in for d in dims_in]
         carrying = _carrying(dims_out, out_shape)
         for a, place in enumerate(state.places):
             own = _restricted(place, neg_in)
             if own.dims:
-                tables = separated(own.grid(neg_in, in_shape).reshape([out_shape[d] for d in carrying]))
+                known = handed.get((b, a))
+                tables = known[1] if known is not None and known[0] is place else \
+                    separated(own.grid(neg_in, in_shape).reshape([out_shape[d] for d in carrying]))
                 assert tables is not None  # blocks that do not separate were combined above
                 pairs[a] += [(d - n_out, t) for d, t in zip(carrying, tables)]
     return TensorRF(state.axes, tuple(Placement.of(p) for p in pairs), state.aligned), notes

@@ -98,7 +98,9 @@ class LayerRF(CallSite):
         return self.unknown is None and all(r is not None for r in self.rf)
 
     @classmethod
-    def from_record(cls, record: LayerRecord, n_axes: int) -> LayerRF:
+    def from_record(cls, record: LayerRecord, n_axes: int, figures: dict[int, dict[str, Any]] | None = None) -> LayerRF:
+        """The row of one record. ``figures``: a cache of what each state's maps give, by state
+        (a container's row and its last child's hold the same state; work it out once)."""
         state = record.state
         blank = (None,) * n_axes
         site = record.site_dict()
@@ -108,21 +110,13 @@ class LayerRF(CallSite):
                        is_global=(False,) * n_axes, aligned=True, uniform=True, unknown=unknown, leaf=record.leaf)
         shape = record.output_shape or ()
         unit_dims = tuple(d + len(shape) for d in state.unit_dims())
-        return cls(
-            **site,
-            output_shape=record.output_shape,
-            rf=tuple(m.rf or None for m in state.axes),
-            jump=tuple(m.jump for m in state.axes),
-            start=tuple(m.start for m in state.axes),
-            is_global=tuple(covers(state.factors, a, m.size) for a, m in enumerate(state.axes)),
-            aligned=state.aligned,
-            uniform=all(m.uniform for m in state.axes),
-            leaf=record.leaf,
-            maps=state.axes,
-            places=state.places,
-            unit_dims=unit_dims,
-            units=tuple(shape[d] for d in unit_dims),
-        )
+        known = figures.get(id(state)) if figures is not None else None
+        if known is None:
+            known = _figures(state)
+            if figures is not None:
+                figures[id(state)] = known
+        return cls(**site, output_shape=record.output_shape, **known, leaf=record.leaf, unit_dims=unit_dims,
+                   units=tuple(shape[d] for d in unit_dims))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,6 +130,20 @@ class LayerRF(CallSite):
             "uniform": self.uniform,
             "unknown": self.unknown,
         }
+
+
+def _figures(state: TensorRF) -> dict[str, Any]:
+    """What a row shows of a state, whatever the output's shape."""
+    return {
+        "rf": tuple(m.rf or None for m in state.axes),
+        "jump": tuple(m.jump for m in state.axes),
+        "start": tuple(m.start for m in state.axes),
+        "is_global": tuple(covers(state.factors, a, m.size) for a, m in enumerate(state.axes)),
+        "aligned": state.aligned,
+        "uniform": all(m.uniform for m in state.axes),
+        "maps": state.axes,
+        "places": state.places,
+    }
 
 
 def _number(value: Fraction | None) -> int | float | None:

@@ -53,6 +53,9 @@ class TensorRF:
     def fused(self) -> TensorRF:
         """The same state with its support in fewest terms, and each axis that several dims (or
         a table other than one unit per index) address in its fewest units."""
+        if all(len(m.terms) == 1 and (not p.dims or p.dim is not None) for m, p in zip(self.axes, self.places)) \
+                and all(m.terms[0].reaches().any() for m in self.axes):
+            return self  # one term per axis, each axis on its own dim (or nowhere): fewest already
         state = self
         if not all(len(m.terms) == 1 and m.terms[0].reaches().any() for m in self.axes):
             terms = fused(self.factors)

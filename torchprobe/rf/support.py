@@ -44,6 +44,15 @@ class Support:
         object.__setattr__(self, "hi", hi)
 
     @classmethod
+    def _exact(cls, lo: np.ndarray, hi: np.ndarray) -> Support:
+        """From int64 arrays already in normal form (every empty unit holds the sentinels): what
+        unions, gathers and slices of normal supports give, without re-checking every unit."""
+        support = object.__new__(cls)
+        object.__setattr__(support, "lo", lo)
+        object.__setattr__(support, "hi", hi)
+        return support
+
+    @classmethod
     def identity(cls, units: int) -> Support:
         pixels = np.arange(units, dtype=np.int64)
         return cls(pixels, pixels)
@@ -54,7 +63,7 @@ class Support:
 
     @classmethod
     def concatenate(cls, parts: Sequence[Support]) -> Support:
-        return cls(np.concatenate([p.lo for p in parts]), np.concatenate([p.hi for p in parts]))
+        return cls._exact(np.concatenate([p.lo for p in parts]), np.concatenate([p.hi for p in parts]))
 
     def __len__(self) -> int:
         return len(self.lo)
@@ -83,26 +92,26 @@ class Support:
         safe = np.where(valid, taps, 0)
         lo = np.where(valid, self.lo[safe], _NO_LO).min(axis=1, initial=_NO_LO)
         hi = np.where(valid, self.hi[safe], _NO_HI).max(axis=1, initial=_NO_HI)
-        return Support(lo, hi)
+        return Support._exact(lo, hi)
 
     def reduced(self) -> Support:
         """One unit that reads every unit (a reduction over the axis)."""
         if len(self) == 0:
             return Support.nothing(1)
-        return Support(self.lo.min(keepdims=True), self.hi.max(keepdims=True))
+        return Support._exact(self.lo.min(keepdims=True), self.hi.max(keepdims=True))
 
     def picked(self, unit: int) -> Support:
-        return Support(self.lo[unit : unit + 1], self.hi[unit : unit + 1])
+        return Support._exact(self.lo[unit : unit + 1], self.hi[unit : unit + 1])
 
     def union(self, other: Support) -> Support:
         """Unit-wise union; a one-unit side is broadcast."""
-        return Support(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
+        return Support._exact(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
 
     def broadcast(self, units: int) -> Support:
         """A one-unit support repeated over ``units`` units."""
         if len(self) == units:
             return self
-        return Support(np.broadcast_to(self.lo, (units,)), np.broadcast_to(self.hi, (units,)))
+        return Support._exact(np.broadcast_to(self.lo, (units,)), np.broadcast_to(self.hi, (units,)))
 
     # -- value semantics (states are compared and used as dict keys) -------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, cached_property
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -46,9 +46,9 @@ class RuleContext:
             return self.kwargs[name]
         return self.args[index] if index < len(self.args) else default
 
-    @property
+    @cached_property
     def tensors(self) -> list[torch.Tensor]:
-        """Every tensor among the arguments, in order (inside lists too)."""
+        """Every tensor among the arguments, in order (inside lists too; found once per call)."""
         return tensors_in((self.args, self.kwargs))
 
     @property
