@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -238,3 +239,59 @@ def test_the_flop_counter_runs_pointwise_and_view_ops_as_they_are(monkeypatch: p
         torch.relu(x + 1).view(8, 4).t() @ torch.empty(8, 3, device="meta")
     assert counter.total == 2 * 4 * 8 * 3
     assert not [name for name in decomposed if "relu" in name or "add" in name or "view" in name], decomposed
+
+
+class Functional(nn.Module):
+    """The functions FLOPs are counted for on shapes, in their less common forms, beside ones only
+    their aten ops can count (matmul of vectors, einsum, attention, an unbatched conv)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding="same", groups=3)
+        self.up = nn.ConvTranspose2d(6, 4, 3, stride=2, output_padding=1)
+        self.proj = nn.Linear(4, 5)
+        self.vector_weight = nn.Parameter(torch.ones(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(torch.relu(self.conv(x)))  # (1, 4, 18, 18)
+        single = F.conv2d(x[0], self.conv.weight[:3].repeat(1, 1, 1, 1), groups=3)  # unbatched
+        tokens = self.proj(y.flatten(2).transpose(1, 2))  # (1, 324, 5): linear on 3-d
+        flat = F.linear(tokens[0, 0, :4], self.proj.weight[:, :4])  # 1-d input
+        a, b = tokens[0, :6], tokens[0, 6:12].t()
+        products = [a @ b, torch.mm(a, b), torch.addmm(a.new_zeros(6, 6), a, b), torch.bmm(a[None], b[None]),
+                    torch.baddbmm(a.new_zeros(1, 6, 6), a[None], b[None]), tokens[0, 0] @ self.vector_weight,
+                    torch.einsum("bld,ld->b", tokens, tokens[0]), F.linear(tokens, self.vector_weight)]
+        attention = F.scaled_dot_product_attention(tokens[:, None], tokens[:, None], tokens[:, None])
+        return sum(p.sum() for p in products) + attention.mean() + single.mean() + flat.sum()
+
+
+def test_flops_on_shapes_equal_the_aten_count() -> None:
+    """Every function counted on its shapes (or, where only its aten ops can tell, under the
+    dispatch counter) adds up to what FlopCounterMode counts on the same meta forward."""
+    model = Functional().eval()
+    with torch.device("meta"):
+        twin = Functional().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        twin(torch.empty(1, 3, 8, 8, device="meta"))
+    meta, cpu = (torchprobe.summary(model, (3, 8, 8), device=d) for d in ("meta", "cpu"))
+    assert meta.total_flops == counter.get_total_flops() > 0
+    assert [c.flops for c in cpu.calls] == [c.flops for c in meta.calls]
+
+
+def test_a_conv_net_runs_no_op_under_the_flop_dispatch_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Convolutions, linears, pools and activations are counted on their shapes: the summary of a
+    conv net adds no dispatch layer under its ops (issue 15), and still counts what FlopCounterMode does."""
+    from torchprobe.stats.flops import FlopCounter
+
+    dispatched: list[str] = []
+    real = FlopCounter.__torch_dispatch__
+
+    def spy(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN202
+        dispatched.append(str(func))
+        return real(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(FlopCounter, "__torch_dispatch__", spy)
+    model = torchvision.models.resnet18()
+    result = torchprobe.summary(model, (3, 64, 64))
+    assert dispatched == []
+    assert result.total_flops == reference_flops(model, 3, 64, 64) > 0

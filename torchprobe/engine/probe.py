@@ -16,6 +16,11 @@ class Probe:
         """A context the trace holds open around the forward (a dispatch mode, say)."""
         return nullcontext()
 
+    def enters(self, name: str) -> AbstractContextManager[Any] | None:
+        """A context to run the model's torch function ``name`` in (a dispatch mode that must see
+        that function's aten ops), or None; asked before every function, so keep it cheap."""
+        return None
+
     def start(self, inputs: Sequence[Any]) -> None:
         """The forward is about to run on ``inputs`` (the tensors actually passed)."""
 

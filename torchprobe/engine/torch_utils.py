@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from functools import cache
 from typing import Any
 
 import torch
@@ -27,6 +28,16 @@ def canonical_op_name(func: Callable[..., Any]) -> tuple[str, bool]:
     elif name.endswith("_") and not name.startswith("_"):
         name, inplace = name[:-1], True
     return _ALIASES.get(name, name), inplace
+
+
+@cache
+def is_pointwise_aten(name: str) -> bool:
+    """PyTorch tags elementwise ATen ops ``pointwise``: each output element reads the same element
+    of its operands (it keeps every unit's RF as is, and hides no matmul)."""
+    packet = getattr(torch.ops.aten, name, None)
+    if packet is None or not hasattr(packet, "overloads"):
+        return False
+    return any(torch.Tag.pointwise in getattr(packet, o).tags for o in packet.overloads())
 
 
 _REFLECTABLE = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor"}

@@ -9,7 +9,7 @@ module's own ``training`` flag are restored in ``finally``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,16 +56,21 @@ class _Observer(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         kwargs = kwargs or {}
+        tracer = self.tracer
+        if tracer.quiet:  # torchprobe's own calls
+            output = meta_batch_norm(func, args, kwargs)
+            return func(*args, **kwargs) if output is None else output
+        name = canonical_op_name(func)
         output = meta_batch_norm(func, args, kwargs)
         if output is None:
             try:
-                output = func(*args, **kwargs)
+                with tracer.around(name[0]):
+                    output = func(*args, **kwargs)
             except Exception:
-                if not self.tracer.quiet:
-                    self.tracer.emit_op(func, args, kwargs, None, failed=True)
+                tracer.emit_op(func, name, args, kwargs, None, failed=True)
                 raise
-        if not self.tracer.quiet and (has_tensor(output) or func is torch.Tensor.__setitem__):
-            self.tracer.emit_op(func, args, kwargs, output)
+        if has_tensor(output) or func is torch.Tensor.__setitem__:
+            tracer.emit_op(func, name, args, kwargs, output)
         return output
 
 
@@ -101,10 +106,23 @@ class Tracer:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def emit_op(self, func: Any, args: tuple, kwargs: dict, output: Any, failed: bool = False) -> None:
-        name, inplace = canonical_op_name(func)
-        op = OpCall(name, func, tuple(args), dict(kwargs), output, self.stack[-1] if self.stack else None, inplace)
+    def emit_op(self, func: Any, name: tuple[str, bool], args: tuple, kwargs: dict, output: Any,
+                failed: bool = False) -> None:
+        """``name``: the function's canonical name and whether it works in place."""
+        op = OpCall(name[0], func, tuple(args), dict(kwargs), output, self.stack[-1] if self.stack else None, name[1])
         self._notify("op_failed" if failed else "function", op)
+
+    def around(self, name: str) -> AbstractContextManager[Any]:
+        """What the model's function ``name`` runs in: the contexts its probes ask for."""
+        contexts = [c for probe in self.probes if (c := probe.enters(name)) is not None]
+        if not contexts:
+            return nullcontext()
+        if len(contexts) == 1:
+            return contexts[0]
+        stack = ExitStack()
+        for context in contexts:
+            stack.enter_context(context)
+        return stack
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         index = self.calls.get(id(module), 0)

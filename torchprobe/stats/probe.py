@@ -1,10 +1,11 @@
 """The summary probe: per module call, its output, the FLOPs counted while it ran, the bytes its
 ops allocated and autograd saved for backward, and the parameters its own ops read.
 
-FLOPs come from ``torch.utils.flop_counter``'s formulas on meta shapes (:mod:`.flops`), read
-before and after each call. A parameter belongs to the call whose ops read it (seen when the tensor enters an op),
-so a submodule used through ``.weight`` (``nn.MultiheadAttention.out_proj``) or a ``ParameterList``
-is counted where it is used. Memory is followed storage by storage (:mod:`.memory`).
+FLOPs come from ``torch.utils.flop_counter``'s formulas on shapes (:mod:`.flops`), added up as
+each function returns and read before and after each call. A parameter belongs to the call whose
+ops read it (seen when the tensor enters an op), so a submodule used through ``.weight``
+(``nn.MultiheadAttention.out_proj``) or a ``ParameterList`` is counted where it is used. Memory is
+followed storage by storage (:mod:`.memory`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torchprobe.engine.events import CallSite, ModuleCall, OpCall
 from torchprobe.engine.probe import Probe
 from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.shapes.tensors import describe
-from torchprobe.stats.flops import FlopCounter, ran_on_a_real_device
+from torchprobe.stats.flops import FlopCounter, counted_by_dispatch
 from torchprobe.stats.memory import MemoryCounter
 
 
@@ -62,8 +63,13 @@ class SummaryProbe(Probe):
     @contextmanager
     def _counting(self) -> Iterator[None]:
         self.counter, self.memory = FlopCounter(), MemoryCounter()
-        with self.counter, self.memory.saving():
+        with self.memory.saving():
             yield
+
+    def enters(self, name: str) -> FlopCounter | None:
+        """Functions that only their aten ops can count run under the FLOP counter's dispatch
+        mode; the rest are counted on their shapes when they return (:mod:`.flops`)."""
+        return self.counter if self._open and counted_by_dispatch(name) else None
 
     def start(self, inputs: Any) -> None:
         self.rows, self._open, self._names, self._reads = [], [], {}, {}
@@ -106,8 +112,7 @@ class SummaryProbe(Probe):
     def function(self, op: OpCall) -> None:
         if not self._open:
             return
-        if ran_on_a_real_device(op):
-            self.counter.replay_on_meta(op)
+        self.counter.count(op)
         self.memory.see(tensors_in(op.output))
         names = [self._names[id(t)] for t in tensors_in((op.args, op.kwargs)) if id(t) in self._names]
         if names:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache, cached_property
+from functools import cached_property
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchprobe.engine.torch_utils import one_line, tensors_in
+from torchprobe.engine.torch_utils import is_pointwise_aten, one_line, tensors_in
 from torchprobe.errors import UsageError
 from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.placement import NO_UNIT, Columns, Placement
@@ -111,15 +111,6 @@ class RuleRegistry:
 
 RULES = RuleRegistry()
 register_rf_rule = RULES.register
-
-
-@cache
-def is_pointwise_aten(name: str) -> bool:
-    """PyTorch tags elementwise ATen ops ``pointwise``: those keep every unit's RF as is."""
-    packet = getattr(torch.ops.aten, name, None)
-    if packet is None or not hasattr(packet, "overloads"):
-        return False
-    return any(torch.Tag.pointwise in getattr(packet, o).tags for o in packet.overloads())
 
 
 def first_unknown(states: Sequence[RFState | None]) -> UnknownRF | None:
