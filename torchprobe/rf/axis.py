@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from functools import reduce
+from functools import cached_property, reduce
 
 import numpy as np
 
@@ -44,6 +44,14 @@ class AxisMap:
     size: int
     units: int
     terms: tuple[Support, ...]
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        """Worked out once: maps key caches and the rule results of a pass."""
+        return hash((self.period, self.shift, self.lo, self.hi, self.size, self.units, self.terms))
 
     @classmethod
     def identity(cls, size: int) -> AxisMap:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -15,6 +15,7 @@ from torchprobe.engine.torch_utils import one_line, tensors_in
 from torchprobe.errors import RFError, UsageError
 from torchprobe.notes import Note, NoteCode
 from torchprobe.rf.layouts import LayoutArg, input_layout
+from torchprobe.rf.memo import call_key
 from torchprobe.rf.rules import RULES, Rule, RuleContext, RuleResult, elementwise
 from torchprobe.rf.rules.core import pointwise
 from torchprobe.rf.rules.writes import box_of, into
@@ -46,10 +47,12 @@ class RFProbe(Probe):
         self.input_shape: tuple[int, ...] = ()
         self._ruled_depth: int | None = None  # inside a module that has its own rule
         self._op_calls: dict[str, int] = {}
+        self._memo: dict[Hashable, tuple[RuleResult, list[RFState | None], list[str]]] = {}  # see rf.memo
 
     def start(self, inputs: Sequence[Any]) -> None:
         self.states = WeakTensorKeyDictionary()
         self.records, self.notes, self._op_calls, self._ruled_depth, self._slots = [], [], {}, None, {}
+        self._memo = {}
         if self.input_index >= len(inputs) or not isinstance(inputs[self.input_index], torch.Tensor):
             raise UsageError(f"input {self.input_index} is not a tensor: nothing to compute a receptive field of")
         x = inputs[self.input_index]
@@ -101,9 +104,21 @@ class RFProbe(Probe):
             self.states[op.output] = handed  # already in fewest terms: it is its operand's
             result: RuleResult = handed
         else:
-            context = RuleContext(op.name, op.args, op.kwargs, op.output, self._state_of)
-            result = self._apply(rule, context, op.name, where)
-            self._assign(op.args[0] if op.output is None else op.output, result)  # __setitem__: None
+            pure = op.output is not None and not op.inplace
+            key = call_key(op.name, rule, op.args, op.kwargs, op.output, self._state_of) if pure else None
+            known = self._memo.get(key) if key is not None else None
+            if known is not None:  # the same call, by value, earlier in this pass
+                result, states, notes = known
+                self._note_all(notes, op.name, where)
+                for tensor, state in zip(tensors_in(op.output), states):
+                    if state is not None:
+                        self.states[tensor] = state
+            else:
+                context = RuleContext(op.name, op.args, op.kwargs, op.output, self._state_of)
+                result = self._apply(rule, context, op.name, where)
+                self._assign(op.args[0] if op.output is None else op.output, result)  # __setitem__: None
+                if key is not None and _all_known(result):
+                    self._memo[key] = result, [self.states.get(t) for t in tensors_in(op.output)], context.notes
         if op.inplace or op.name == "setitem":
             self._write_back(op.args[0], where)
         self._maybe_record_op(op, in_states, result)
@@ -132,11 +147,15 @@ class RFProbe(Probe):
             result = rule(context)
         except Exception as error:  # a rule that cannot read these arguments must not end the analysis
             return self._unknown(UnknownRF(op, where, one_line(error)), "rule_failed")
-        for note in context.notes:
-            self._note(Note("approximation", op, where, f"{note} (in {where or '<root>'})"))
+        self._note_all(context.notes, op, where)
         if isinstance(result, UnknownRF) and not result.where and result not in map(context.state_of, context.tensors):
             return self._unknown(UnknownRF(result.op, where), "unsupported")  # made by the rule, not handed on
         return result
+
+    def _note_all(self, notes: list[str], op: str, where: str) -> None:
+        """The approximations a rule made, noted where the op ran."""
+        for note in notes:
+            self._note(Note("approximation", op, where, f"{note} (in {where or '<root>'})"))
 
     def _unknown(self, unknown: UnknownRF, code: NoteCode) -> UnknownRF:
         message = unknown.reason
@@ -184,6 +203,12 @@ class RFProbe(Probe):
     def result(self) -> tuple[list[LayerRecord], list[Note]]:
         """Rows in call order (modules that never returned, after a failure, are left out)."""
         return [r for r in self.records if r is not None], self.notes
+
+
+def _all_known(result: RuleResult) -> bool:
+    """No unknown state in a rule's result (an unknown names where it arose: never reused)."""
+    states = result if isinstance(result, (list, tuple)) else [result]
+    return not any(isinstance(s, UnknownRF) for s in states)
 
 
 def _handed_on(rule: Rule | None, inputs: list[torch.Tensor], in_states: list[RFState | None],

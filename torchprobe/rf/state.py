@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -30,6 +30,14 @@ class TensorRF:
     axes: tuple[AxisMap, ...]
     places: tuple[Placement, ...]
     aligned: bool = True
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        """Worked out once: states key the rule results of a pass (:mod:`torchprobe.rf.memo`)."""
+        return hash((self.axes, self.places, self.aligned))
 
     @classmethod
     def of_input(cls, shape: Sequence[int], spatial: Sequence[int]) -> TensorRF:
