@@ -336,3 +336,36 @@ def test_a_period_one_window_in_closed_form_equals_the_hull_of_its_taps(
     spans = [m.span(t * dilation - padding) for t in range(kernel)]
     assert (out.lo[0], out.hi[0]) == (min(s[0] for s in spans), max(s[1] for s in spans))
     assert (out.period, out.shift, out.units) == (1, shift * stride, n_out)
+
+
+@st.composite
+def axis_maps(draw: st.DrawFn, size: int = 24) -> AxisMap:
+    """A map after a few random convolutions, pools and transposed convolutions of one axis."""
+    m = AxisMap.identity(size)
+    for _ in range(draw(st.integers(0, 3))):
+        kernel, stride, padding = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(0, 2))
+        if draw(st.booleans()):
+            n_out = (m.units + 2 * padding - (kernel - 1) - 1) // stride + 1
+            if n_out >= 1:
+                m = m.sliding(kernel, stride, padding)
+        elif padding < kernel:
+            m = m.transposed(kernel, stride, padding)
+    return m
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(axis_maps(), min_size=1, max_size=6))
+def test_union_of_several_maps_at_once_equals_the_pairwise_unions(drawn: list[AxisMap]) -> None:
+    """As a merge unites them: maps of the output's units, or of one unit (a broadcast)."""
+    units = drawn[0].units
+    maps = [m for m in drawn if m.units in (1, units)]
+    pairwise = maps[0]
+    for m in maps[1:]:
+        pairwise = pairwise.union(m, units)
+    assert AxisMap.union_all(maps, units) == pairwise
+
+
+@settings(max_examples=150, deadline=None)
+@given(axis_maps(), axis_maps())
+def test_grids_in_integers_agree_with_jump_and_start(a: AxisMap, b: AxisMap) -> None:
+    assert (a.grid == b.grid) == ((a.jump, a.start) == (b.jump, b.start))

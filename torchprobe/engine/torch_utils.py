@@ -45,14 +45,27 @@ _ALIASES = {"truediv": "div", "floordiv": "div", "and": "bitwise_and", "or": "bi
 
 
 def tensors_in(value: Any) -> list[torch.Tensor]:
-    """Tensors inside nested tuples, lists and dicts, in order (pytree is too slow per op)."""
+    """Tensors inside nested tuples, lists and dicts, in order (pytree is too slow per op; so is a
+    call per leaf: this runs several times per op)."""
     if isinstance(value, torch.Tensor):
         return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for item in value for t in tensors_in(item)]
-    if isinstance(value, dict):
-        return [t for item in value.values() for t in tensors_in(item)]
-    return []
+    found: list[torch.Tensor] = []
+    _collect(value, found)
+    return found
+
+
+_PLAIN = frozenset({int, float, bool, str, type(None), slice, torch.dtype, torch.device})  # never hold a tensor
+
+
+def _collect(value: Any, found: list[torch.Tensor]) -> None:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else ()
+    for item in items:
+        if item.__class__ in _PLAIN:  # most arguments: a set lookup, not a Tensor isinstance check
+            continue
+        if isinstance(item, torch.Tensor):
+            found.append(item)
+        elif isinstance(item, (tuple, list, dict)):
+            _collect(item, found)
 
 
 def has_tensor(value: Any) -> bool:

@@ -123,6 +123,14 @@ class AxisMap:
         return max((hi - lo + 1 for lo, hi in real if lo is not None and hi is not None), default=0)
 
     @property
+    def grid(self) -> tuple[int, int, int | None]:
+        """Where the units sit, in integers: the jump as a reduced fraction and twice the start
+        (maps whose units line up have equal grids; no Fraction on a rule's path)."""
+        lo, hi = self.lo[0], self.hi[0]
+        g = math.gcd(self.shift, self.period)
+        return self.shift // g, self.period // g, None if lo is None or hi is None else lo + hi
+
+    @property
     def start(self) -> Fraction | None:
         """Input coordinate of the centre of unit 0."""
         lo, hi = self.lo[0], self.hi[0]
@@ -216,23 +224,35 @@ class AxisMap:
         pattern). Beyond the tensor, rows that step (``rows[o + p]`` is ``rows[o]`` moved by a
         whole number of the input's periods) go on stepping; other patterns tile: unit
         ``o + k*len(rows)`` reads ``rows[o]`` moved by ``k`` times the input's length."""
-        taps, mask = taps_of_rows(rows)
+        return self._gathered(*taps_of_rows(rows))
+
+    def selected(self, units: np.ndarray) -> AxisMap:
+        """:meth:`gathered` with one unit per row: output unit ``o`` is unit ``units[o]`` (a
+        negative entry: none), without spelling the rows out in Python."""
+        units = np.asarray(units, dtype=np.int64).reshape(-1)
+        kept = units >= 0
+        if not kept.any():  # as gathered([[]] * n): rows of no width
+            return self._gathered(np.zeros((len(units), 0), dtype=np.int64), np.zeros((len(units), 0), dtype=bool))
+        return self._gathered(np.where(kept, units, 0)[:, None], kept[:, None])
+
+    def _gathered(self, taps: np.ndarray, mask: np.ndarray) -> AxisMap:
+        rows = taps.shape[0]
         terms = self._read(taps, mask)
         stepping = _row_period(taps, mask, self.period)
         if stepping is not None:  # windows that step (x.unfold(...).sum(-1)): the map steps on beyond the tensor
             period, step = stepping
             spans = self._hulls(taps[:period], mask[:period])
-            return AxisMap.from_table(spans, step * self.shift // self.period, self.size, len(rows), terms)
+            return AxisMap.from_table(spans, step * self.shift // self.period, self.size, rows, terms)
         spans = self._hulls(taps, mask)
         lo, hi = tuple(s[0] for s in spans), tuple(s[1] for s in spans)
         for p in range(1, len(spans) // 2 + 1):  # the real units step evenly (twice at least): so do those beyond
             even = _step(lo, hi, p)
             if even is not None:
-                return AxisMap(p, even, lo[:p], hi[:p], self.size, len(rows), terms)
+                return AxisMap(p, even, lo[:p], hi[:p], self.size, rows, terms)
         tiles, shift = self._tiling()
         tiled = taps[None] + (np.arange(tiles) * self.units)[:, None, None]
         spans = self._hulls(tiled.reshape(tiles * len(taps), taps.shape[1]), np.tile(mask, (tiles, 1)))
-        return AxisMap.from_table(spans, shift, self.size, len(rows), terms)
+        return AxisMap.from_table(spans, shift, self.size, rows, terms)
 
     def cumulative(self) -> AxisMap:
         """Unit ``o`` reads units ``0 .. o`` (``cumsum`` and kin): :meth:`gathered` with prefix
@@ -251,7 +271,7 @@ class AxisMap:
     def union(self, other: AxisMap, units: int) -> AxisMap:
         """Per-unit union of two maps of the same axis (a merge: ``+``, ``*``, ``cat`` on channels)."""
         terms = tuple(t.broadcast(units) for t in self.terms + other.terms)
-        if self.jump == other.jump:
+        if self.shift * other.period == other.shift * self.period:  # the same jump
             period = math.lcm(self.period, other.period)
             shift = self.shift * period // self.period
             spans = [_merge(self.span(u), other.span(u)) for u in range(period)]
@@ -259,6 +279,19 @@ class AxisMap:
         # not periodic together: spell out every unit
         spans = [_merge(self.span(u), other.span(u)) for u in range(max(units, 1))]
         return AxisMap.from_units(spans, self.size, max(self.jump, other.jump) * max(units, 1), terms)
+
+    @staticmethod
+    def union_all(maps: Sequence[AxisMap], units: int) -> AxisMap:
+        """:meth:`union` of several maps at once: one pass over the common period when their jumps
+        agree (DenseNet's ``cat`` of 32 branches), else pairwise."""
+        first = maps[0]
+        if len(maps) < 3 or any(m.shift * first.period != first.shift * m.period for m in maps):
+            return reduce(lambda merged, m: merged.union(m, units), maps[1:], first)
+        period = math.lcm(*(m.period for m in maps))
+        nothing: Span = (None, None)
+        spans = [reduce(_merge, (m.span(u) for m in maps), nothing) for u in range(period)]
+        terms = tuple(t.broadcast(units) for m in maps for t in m.terms)
+        return AxisMap.from_table(spans, first.shift * period // first.period, first.size, units, terms)
 
     # -- helpers ---------------------------------------------------------------------------------
 

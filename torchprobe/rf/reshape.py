@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from torchprobe.rf.axis import AxisMap
-from torchprobe.rf.placement import NO_UNIT, Placement, separated
+from torchprobe.rf.placement import Placement, separated
 from torchprobe.rf.state import TensorRF, combined
 
 Block = tuple[list[int], list[int]]  # input dims, output dims (non-negative)
@@ -97,7 +97,7 @@ def _one_unit_per_index(
     """The axis with a unit of its own at every index of ``dims`` (row-major): any view of them
     then separates (block attention's columns, one unit per block, split again by a grid)."""
     units = place.grid(dims, shape).reshape(-1)
-    return m.gathered([[int(u)] if u != NO_UNIT else [] for u in units]), Placement.grid_of(dims, shape)
+    return m.selected(units), Placement.grid_of(dims, shape)
 
 
 def _carrying(dims_out: list[int], out_shape: Sequence[int]) -> list[int]:

@@ -53,10 +53,10 @@ class TensorRF:
         pairs = [fn(a, m, p) for a, (m, p) in enumerate(zip(self.axes, self.places))]
         return replace(self, axes=tuple(p[0] for p in pairs), places=tuple(p[1] for p in pairs))
 
-    @property
-    def factors(self) -> list[tuple[Support, ...]]:
+    @cached_property
+    def factors(self) -> tuple[tuple[Support, ...], ...]:
         """The support as terms: ``factors[t][a]`` (see :mod:`torchprobe.rf.support`)."""
-        return list(zip(*(m.terms for m in self.axes)))
+        return tuple(zip(*(m.terms for m in self.axes)))
 
     def fused(self) -> TensorRF:
         """The same state with its support in fewest terms, and each axis that several dims (or
@@ -116,7 +116,7 @@ def sole(m: AxisMap, p: Placement) -> tuple[AxisMap, Placement]:
     if p.dim is not None:
         return m, p
     table = p.tables[0]
-    return m.gathered([[int(u)] if u >= 0 else [] for u in table]), Placement.on(p.dims[0], len(table))
+    return m.selected(table), Placement.on(p.dims[0], len(table))
 
 
 def reindexed(
@@ -166,13 +166,10 @@ def compacted(
     if unchanged is not None and counts == list(units.shape) and len(np.unique(units[units != NO_UNIT])) == m.units:
         return m, unchanged  # no two indices alike and every unit used: already the fewest units
     strides = [int(np.prod(counts[k + 1 :])) for k in range(len(dims))]
-    rows_of_units: list[list[int]] = []
-    for combo in np.ndindex(*counts):
-        old = int(units[tuple(f[c] for f, c in zip(firsts, combo))])
-        rows_of_units.append([old] if old != NO_UNIT else [])
+    old_units = units[np.ix_(*firsts)].reshape(-1)  # each combination of classes, row-major: its old unit
     lost = [np.moveaxis(units == NO_UNIT, k, 0).reshape(units.shape[k], -1).all(axis=1) for k in range(len(dims))]
     pairs = [(d, np.where(gone, NO_UNIT, c * stride)) for d, c, stride, gone in zip(dims, classes, strides, lost)]
-    return m.gathered(rows_of_units), Placement.of(pairs)
+    return m.selected(old_units), Placement.of(pairs)
 
 
 def _row_classes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -157,7 +157,7 @@ def _merged_axis(
     them: theirs when they agree, the finest when the others' units are functions of its units
     (attention's query tokens and the window their keys fill), else every index spelled out."""
     placed = [(m, p) for m, p in operands if p.dims]
-    grids = {(m.jump, m.start) for m, _ in placed if m.shift or m.period > 1}  # every unit alike: a broadcast
+    grids = {m.grid for m, _ in placed if m.shift or m.period > 1}  # every unit alike: a broadcast
     if not placed:
         return _union([m for m, _ in operands], 1), Placement.nowhere(), grids
     units, finest = max(((m.units, p) for m, p in placed), key=lambda pair: pair[0])
@@ -196,7 +196,7 @@ def _spelled_out(
     flat = [m for m, _ in operands]
     for k, place in zip(placed, columns.places):
         units = place.grid(dims, columns.sizes).reshape(-1)
-        flat[k] = flat[k].gathered([[int(u)] if u != NO_UNIT else [] for u in units])
+        flat[k] = flat[k].selected(units)
     everything = np.arange(math.prod(sizes)).reshape(sizes)
     m, p = compacted(_union(flat, everything.size), everything, dims)
     return m, columns.expanded(p)
@@ -218,9 +218,7 @@ def _as_function_of(reference: np.ndarray, other: np.ndarray, units: int) -> lis
 
 
 def _union(maps: Sequence[AxisMap], units: int) -> AxisMap:
-    merged = maps[0]
-    for m in maps[1:]:
-        merged = merged.union(m, units)
+    merged = AxisMap.union_all(maps, units)
     return merged.broadcast(units) if merged.units == 1 else merged
 
 
