@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -31,8 +31,9 @@ class Placement:
 
     @classmethod
     def on(cls, dim: int, units: int) -> Placement:
-        """The axis on one dim, unit ``i`` at index ``i`` (the conv-net case)."""
-        return cls((dim,), (np.arange(units, dtype=np.int64),))
+        """The axis on one dim, unit ``i`` at index ``i`` (the conv-net case): one shared object per
+        ``(dim, units)``, so that the placements of a conv net's operands compare by identity."""
+        return _on(dim, units)
 
     @classmethod
     def nowhere(cls) -> Placement:
@@ -118,6 +119,8 @@ class Placement:
     # -- value semantics --------------------------------------------------------------------------
 
     def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
         return (isinstance(other, Placement) and self.dims == other.dims
                 and all(np.array_equal(a, b) for a, b in zip(self.tables, other.tables)))
 
@@ -130,6 +133,13 @@ class Placement:
 
     def __repr__(self) -> str:
         return f"Placement({dict(zip(self.dims, (t[:6].tolist() for t in self.tables)))})"
+
+
+@lru_cache(maxsize=1024)
+def _on(dim: int, units: int) -> Placement:
+    table = np.arange(units, dtype=np.int64)
+    table.flags.writeable = False  # shared: nobody may write into it
+    return Placement((dim,), (table,))
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
