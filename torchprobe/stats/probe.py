@@ -102,9 +102,11 @@ class SummaryProbe(Probe):
         saved = self.memory.saved_by_tag()
         for index in range(len(self.rows) - 1, -1, -1):  # children come after their parent
             row = self.rows[index]
-            self.rows[index] = replace(row, saved=row.saved + saved.get(index, 0))
+            total = row.saved + saved.get(index, 0)
+            if total != row.saved:  # (none in eval mode: no row is rebuilt)
+                self.rows[index] = replace(row, saved=total)
             if row.parent is not None:
-                saved[row.parent] = saved.get(row.parent, 0) + self.rows[index].saved
+                saved[row.parent] = saved.get(row.parent, 0) + total
 
     def failed(self, error: BaseException, stack: Any) -> None:
         self._close_memory()
