@@ -18,7 +18,7 @@ Three parts, each printed as a markdown table:
 
 Without any of the three all parts run with their defaults. ``--profile`` runs cProfile on
 ``receptive_field`` and ``summary`` instead (top 25 by cumulative and by own time, and own time
-per source file); ``--ablate`` times them with one part switched off at a time (the FLOP mode,
+per source file); ``--ablate`` times them with one part switched off at a time (FLOP counting,
 the memory finalizers, the parameter lookup, the garbage collector; the tracer alone).
 Run from a checkout with the environment's torchvision and torchinfo:
 
@@ -62,6 +62,7 @@ from torchprobe.engine.torch_utils import tensors_in
 from torchprobe.engine.tracer import Tracer
 from torchprobe.rf.probe import RFProbe
 from torchprobe.stats import memory as memory_module
+from torchprobe.stats.flops import FlopCounter
 from torchprobe.stats.probe import SummaryProbe
 
 MODELS = ["resnet50", "vgg16", "densenet121", "vit_b_16", "swin_t", "convnext_tiny", "mobilenet_v3_large", "net"]
@@ -84,6 +85,8 @@ HOT_SPOTS = [
     ("Fractions", "fractions.py", None),
     ("numpy (own time; ufunc reductions)", "numpy/|numpy.ufunc", None),
     ("FlopCounter.__torch_dispatch__, op included", "stats/flops.py", "__torch_dispatch__"),
+    ("FlopCounter.count (FLOPs on shapes)", "stats/flops.py", "count"),
+    ("rf.memo.call_key (keys of reusable rule calls)", "rf/memo.py", "call_key"),
     ("SummaryProbe.function", "stats/probe.py", "function"),
     ("SummaryProbe.module_enter/exit", "stats/probe.py", "module_enter|module_exit"),
     ("MemoryCounter.see (finalizers)", "stats/memory.py", "see"),
@@ -316,7 +319,8 @@ def ablations(case: Case) -> dict[str, Callable[[], object]]:
         "receptive_field, gc off": run(rf, gc_off),
         "tracer + SummaryProbe (no RF, no result)": lambda: Tracer(model, [SummaryProbe()]).run(inputs),
         "summary": su,
-        "summary, no FLOP mode": run(su, lambda: patched(SummaryProbe, "context", lambda self: nullcontext())),
+        "summary, no FLOP counting": run(su, lambda: patched(FlopCounter, "count", lambda self, op: None),
+                                         lambda: patched(SummaryProbe, "enters", lambda self, name: None)),
         "summary, no finalizers": run(su, lambda: patched(memory_module, "weakref", no_finalize)),
         "summary, no parameter lookup": run(su, lambda: patched(SummaryProbe, "function", _function_without_reads)),
         "summary, gc off": run(su, gc_off),
