@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from torch import nn
@@ -52,9 +53,9 @@ class ModuleCall:
     def site(self) -> CallSite:
         return CallSite(self.name, self.type, self.depth, self.call, "module")
 
-    @property
+    @cached_property
     def leaf(self) -> bool:
-        """No submodules: the call's row sums up everything it did."""
+        """No submodules: the call's row sums up everything it did (asked once per op it runs)."""
         return next(self.module.children(), None) is None
 
 

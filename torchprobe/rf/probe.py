@@ -86,8 +86,8 @@ class RFProbe(Probe):
             return
         outputs = tensors_in(call.output)
         self.records[self._slots.pop(id(call))] = LayerRecord(
-            **call.site.site_dict(), output_shape=tuple(outputs[0].shape) if outputs else None,
-            state=self._primary_state(outputs), leaf=call.leaf,
+            call.name, call.type, call.depth, call.call, "module", tuple(outputs[0].shape) if outputs else None,
+            self._primary_state(outputs), call.leaf,
         )
 
     def function(self, op: OpCall) -> None:

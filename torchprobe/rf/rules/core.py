@@ -74,11 +74,13 @@ class RuleRegistry:
     ops: dict[str, Rule] = field(default_factory=dict)
     modules: dict[type, Rule] = field(default_factory=dict)
     _loaded_entry_points: bool = False
+    _by_type: dict[type, Rule | None] = field(default_factory=dict)  # for_module's answers, until a register
 
     def register(self, *targets: str | Callable[..., Any] | type[nn.Module]) -> Callable[[Rule], Rule]:
         """Decorator: ``@register_rf_rule("my_op", MyLayer)``; strings and functions name ops."""
 
         def decorate(rule: Rule) -> Rule:
+            self._by_type.clear()
             for target in targets:
                 if isinstance(target, type) and issubclass(target, nn.Module):
                     self.modules[target] = rule
@@ -96,7 +98,10 @@ class RuleRegistry:
 
     def for_module(self, module: nn.Module) -> Rule | None:
         self._load_entry_points()
-        return next((self.modules[c] for c in type(module).__mro__ if c in self.modules), None)
+        kind = type(module)
+        if kind not in self._by_type:  # asked at every module call: the MRO is walked once per class
+            self._by_type[kind] = next((self.modules[c] for c in kind.__mro__ if c in self.modules), None)
+        return self._by_type[kind]
 
     def _load_entry_points(self) -> None:
         if not self._loaded_entry_points:
