@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from torchprobe.engine.events import ModuleCall, OpCall
 from torchprobe.engine.faults import forward_failure_message, is_input_error, needs_real_values
 from torchprobe.engine.inputs import check_fits, to_device
+from torchprobe.engine.meta_ops import meta_output
 from torchprobe.engine.probe import Probe
 from torchprobe.engine.torch_utils import (
     META,
@@ -58,10 +59,10 @@ class _Observer(TorchFunctionMode):
         kwargs = kwargs or {}
         tracer = self.tracer
         if tracer.quiet:  # torchprobe's own calls
-            output = meta_shortcut(func, args, kwargs)
+            output = meta_output(func, args, kwargs)
             return func(*args, **kwargs) if output is None else output
         name = canonical_op_name(func)
-        output = meta_shortcut(func, args, kwargs)
+        output = meta_output(func, args, kwargs)
         if output is None:
             try:
                 with tracer.around(name[0]):
@@ -72,52 +73,6 @@ class _Observer(TorchFunctionMode):
         if has_tensor(output) or func is torch.Tensor.__setitem__:
             tracer.emit_op(func, name, args, kwargs, output)
         return output
-
-
-def meta_shortcut(func: Any, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """The output of an op whose meta kernel is ATen's Python decomposition, made directly: eval
-    ``F.batch_norm`` costs more than the rest of a ResNet's meta pass, ``F.linear`` 0.3 ms a call
-    (most of VGG's meta pass). None: run the op itself (any other op, sizes that do not fit, a
-    device with values, autograd recording)."""
-    if func is torch.nn.functional.batch_norm:
-        return meta_batch_norm(args, kwargs)
-    if func is torch.nn.functional.linear:
-        return meta_linear(args, kwargs)
-    return None
-
-
-def meta_linear(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """``F.linear`` on meta: a contiguous tensor of the input's dtype, ``(*x.shape[:-1], out)``."""
-    x = args[0] if args else kwargs.get("input")
-    weight = args[1] if len(args) > 1 else kwargs.get("weight")
-    bias = args[2] if len(args) > 2 else kwargs.get("bias")
-    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
-        return None
-    tensors = [t for t in (x, weight, bias) if t is not None]
-    if not all(isinstance(t, torch.Tensor) and t.device.type == META and t.dtype == x.dtype for t in tensors):
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return None  # autograd records what it saves for backward: the real op
-    if x.dim() < 1 or weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
-        return None  # the op's own error, for the diagnosis
-    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        return None
-    return torch.empty((*x.shape[:-1], weight.shape[0]), dtype=x.dtype, device=META)
-
-
-def meta_batch_norm(args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """Eval-mode ``F.batch_norm`` on meta, without ATen's Python decomposition. Returns None (run
-    the real op) unless the sizes fit."""
-    if kwargs.get("training", args[5] if len(args) > 5 else False):
-        return None
-    x = args[0] if args else kwargs.get("input")
-    if not isinstance(x, torch.Tensor) or x.device.type != META or x.dim() < 2:
-        return None
-    names = ("running_mean", "running_var", "weight", "bias")
-    stats = [kwargs.get(n, args[i + 1] if len(args) > i + 1 else None) for i, n in enumerate(names)]
-    if any(s is not None and (s.numel() != x.shape[1] or s.device.type != META) for s in stats):
-        return None
-    return torch.empty_like(x)
 
 
 class Tracer:
