@@ -90,8 +90,10 @@ class Support:
         if mask is not None:
             valid &= mask
         safe = np.where(valid, taps, 0)
-        lo = np.where(valid, self.lo[safe], _NO_LO).min(axis=1, initial=_NO_LO)
-        hi = np.where(valid, self.hi[safe], _NO_HI).max(axis=1, initial=_NO_HI)
+        # reduced along each row over a transposed copy: numpy reduces many narrow rows (a
+        # window of 3 taps per unit) several times slower than a few long columns
+        lo = np.ascontiguousarray(np.where(valid, self.lo[safe], _NO_LO).T).min(axis=0, initial=_NO_LO)
+        hi = np.ascontiguousarray(np.where(valid, self.hi[safe], _NO_HI).T).max(axis=0, initial=_NO_HI)
         return Support._exact(lo, hi)
 
     def reduced(self) -> Support:
