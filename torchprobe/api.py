@@ -58,8 +58,7 @@ def receptive_field(
 
 def _rf_result(probe: RFProbe, outcome: TraceOutcome) -> RFResult:
     records, diagnostics = probe.result()
-    figures: dict[int, dict[str, Any]] = {}  # by state: rows that share one work it out once
-    layers = tuple(LayerRF.from_record(r, len(probe.axis_names), figures) for r in records)
+    layers = LayerRF.rows(records, len(probe.axis_names))
     return RFResult(probe.input_shape, layers, tuple(diagnostics), outcome.device, outcome.fallback_reason,
                     probe.axis_names, probe.spatial_size)
 

@@ -98,9 +98,17 @@ class LayerRF(CallSite):
         return self.unknown is None and all(r is not None for r in self.rf)
 
     @classmethod
-    def from_record(cls, record: LayerRecord, n_axes: int, figures: dict[int, dict[str, Any]] | None = None) -> LayerRF:
-        """The row of one record. ``figures``: a cache of what each state's maps give, by state
-        (a container's row and its last child's hold the same state; work it out once)."""
+    def rows(cls, records: Sequence[LayerRecord], n_axes: int) -> tuple[LayerRF, ...]:
+        """The rows of a pass's records, what their maps give worked out once per distinct maps."""
+        figures: dict[tuple[AxisMap, ...], dict[str, Any]] = {}
+        return tuple(cls.from_record(r, n_axes, figures) for r in records)
+
+    @classmethod
+    def from_record(cls, record: LayerRecord, n_axes: int,
+                    figures: dict[tuple[AxisMap, ...], dict[str, Any]] | None = None) -> LayerRF:
+        """The row of one record. ``figures``: a cache of what maps give, by maps (a container's
+        row and its last child's hold the same state, a permutation keeps the maps: work them
+        out once)."""
         state = record.state
         blank = (None,) * n_axes
         site = record.site_dict()
@@ -110,13 +118,13 @@ class LayerRF(CallSite):
                        is_global=(False,) * n_axes, aligned=True, uniform=True, unknown=unknown, leaf=record.leaf)
         shape = record.output_shape or ()
         unit_dims = tuple(d + len(shape) for d in state.unit_dims())
-        known = figures.get(id(state)) if figures is not None else None
+        known = figures.get(state.axes) if figures is not None else None
         if known is None:
-            known = _figures(state)
+            known = _figures(state.axes)
             if figures is not None:
-                figures[id(state)] = known
-        return cls(**site, output_shape=record.output_shape, **known, leaf=record.leaf, unit_dims=unit_dims,
-                   units=tuple(shape[d] for d in unit_dims))
+                figures[state.axes] = known
+        return cls(**site, output_shape=record.output_shape, **known, aligned=state.aligned, leaf=record.leaf,
+                   places=state.places, unit_dims=unit_dims, units=tuple(shape[d] for d in unit_dims))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,17 +140,16 @@ class LayerRF(CallSite):
         }
 
 
-def _figures(state: TensorRF) -> dict[str, Any]:
-    """What a row shows of a state, whatever the output's shape."""
+def _figures(axes: tuple[AxisMap, ...]) -> dict[str, Any]:
+    """What a row shows of a state's maps, wherever their units are and whatever the output's shape."""
+    factors = list(zip(*(m.terms for m in axes)))
     return {
-        "rf": tuple(m.rf or None for m in state.axes),
-        "jump": tuple(m.jump for m in state.axes),
-        "start": tuple(m.start for m in state.axes),
-        "is_global": tuple(covers(state.factors, a, m.size) for a, m in enumerate(state.axes)),
-        "aligned": state.aligned,
-        "uniform": all(m.uniform for m in state.axes),
-        "maps": state.axes,
-        "places": state.places,
+        "rf": tuple(m.rf or None for m in axes),
+        "jump": tuple(m.jump for m in axes),
+        "start": tuple(m.start for m in axes),
+        "is_global": tuple(covers(factors, a, m.size) for a, m in enumerate(axes)),
+        "uniform": all(m.uniform for m in axes),
+        "maps": axes,
     }
 
 
