@@ -369,3 +369,11 @@ def test_union_of_several_maps_at_once_equals_the_pairwise_unions(drawn: list[Ax
 @given(axis_maps(), axis_maps())
 def test_grids_in_integers_agree_with_jump_and_start(a: AxisMap, b: AxisMap) -> None:
     assert (a.grid == b.grid) == ((a.jump, a.start) == (b.jump, b.start))
+
+
+@given(st.integers(1, 6).flatmap(lambda n: st.lists(supports(n), min_size=1, max_size=6)))
+def test_union_of_several_supports_at_once_equals_the_pairwise_unions(parts: list[Support]) -> None:
+    pairwise = parts[0]
+    for part in parts[1:]:
+        pairwise = pairwise.union(part)
+    assert Support.union_all(parts) == pairwise
