@@ -14,7 +14,7 @@ from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.placement import NO_UNIT, Placement
 from torchprobe.rf.probe import LayerRecord
 from torchprobe.rf.state import TensorRF, UnknownRF
-from torchprobe.rf.support import Support, covers, joint_span, seen
+from torchprobe.rf.support import Support, covers, fused, joint_span, seen
 
 RF_SCHEMA = "torchprobe.rf/2"
 
@@ -142,7 +142,7 @@ class LayerRF(CallSite):
 
 def _figures(axes: tuple[AxisMap, ...]) -> dict[str, Any]:
     """What a row shows of a state's maps, wherever their units are and whatever the output's shape."""
-    factors = list(zip(*(m.terms for m in axes)))
+    factors = fused(list(zip(*(m.terms for m in axes))))  # the same support, in fewest terms: once for every axis
     return {
         "rf": tuple(m.rf or None for m in axes),
         "jump": tuple(m.jump for m in axes),

@@ -209,6 +209,8 @@ def covers(factors: Factors, axis: int, size: int) -> bool:
     """True when every unit depends on pixels ``0`` and ``size-1`` of ``axis`` (so its span is the
     whole axis). Units whose coordinates answer every term alike are interchangeable, so the
     check runs over those classes per axis, never over the whole grid of units."""
+    if len(factors) > 1:  # the same support in fewest terms: often one (a merge of branches alike)
+        factors = fused(factors)
     if not factors:
         return False
     if len(factors) == 1:  # one product: every unit of every axis reached, and this axis whole

@@ -47,13 +47,26 @@ class PassMemory:
     peak_activations: int
 
 
+@dataclass
+class _Open:
+    """A call that has not returned yet: its row's place."""
+
+    call: ModuleCall
+    parent: int | None
+
+    def stats(self) -> CallStats:
+        """Its row if it never returns (a failed pass): where it sits, nothing counted."""
+        call = self.call
+        return CallStats(call.name, call.type, call.depth, call.call, "module", self.parent, call.module)
+
+
 class SummaryProbe(Probe):
     def __init__(self) -> None:
-        self.rows: list[CallStats] = []
+        self.rows: list[CallStats | _Open] = []  # a call's row is built when it returns (or when the pass ends)
         self.counter = FlopCounter()
         self.memory = MemoryCounter()
         self.input_bytes = 0
-        self._open: list[tuple[int, int, int]] = []  # row index; FLOPs and bytes allocated when it started
+        self._open: list[tuple[int, int, int, ModuleCall]] = []  # row index, FLOPs and bytes when it started, call
         self._names: dict[int, str] = {}  # id of a parameter (the pass's stand-in) -> its qualified name
         self._reads: dict[int, set[str]] = {}  # row index -> parameters its own ops read
 
@@ -80,18 +93,18 @@ class SummaryProbe(Probe):
                 self._names.setdefault(id(tensor), name)
             self.memory.hold([*call.module.parameters(), *call.module.buffers()])
             self.input_bytes = self.memory.hold(tensors_in((call.args, call.kwargs)))
-        parent = self._open[-1][0] if self._open else None
-        self.rows.append(CallStats(**call.site.site_dict(), parent=parent, module=call.module))
-        self._open.append((len(self.rows) - 1, self.counter.total, self.memory.allocated))
+        self.rows.append(_Open(call, self._open[-1][0] if self._open else None))  # its place: children come after
+        self._open.append((len(self.rows) - 1, self.counter.total, self.memory.allocated, call))
         self.memory.tag = len(self.rows) - 1
 
     def module_exit(self, call: ModuleCall) -> None:
-        index, flops, allocated = self._open.pop()
-        self.rows[index] = replace(
-            self.rows[index], output=describe(call.output), flops=self.counter.total - flops,
-            allocated=self.memory.allocated - allocated, reads=frozenset(self._reads.pop(index, ())),
+        index, flops, allocated, _ = self._open.pop()
+        parent = self._open[-1][0] if self._open else None
+        self.rows[index] = CallStats(
+            call.name, call.type, call.depth, call.call, "module", parent, call.module, describe(call.output),
+            self.counter.total - flops, self.memory.allocated - allocated, 0, frozenset(self._reads.pop(index, ())),
         )
-        self.memory.tag = self._open[-1][0] if self._open else -1
+        self.memory.tag = parent if parent is not None else -1
         if not self._open:
             self._close_memory()
 
@@ -102,6 +115,8 @@ class SummaryProbe(Probe):
         saved = self.memory.saved_by_tag()
         for index in range(len(self.rows) - 1, -1, -1):  # children come after their parent
             row = self.rows[index]
+            if isinstance(row, _Open):
+                row = self.rows[index] = row.stats()
             total = row.saved + saved.get(index, 0)
             if total != row.saved:  # (none in eval mode: no row is rebuilt)
                 self.rows[index] = replace(row, saved=total)
@@ -121,7 +136,8 @@ class SummaryProbe(Probe):
             self._reads.setdefault(self._open[-1][0], set()).update(names)
 
     def result(self) -> list[CallStats]:
-        return self.rows
+        """Every call's row; one that never returned (a failed pass) with what is known of it."""
+        return [row.stats() if isinstance(row, _Open) else row for row in self.rows]
 
     def pass_memory(self) -> PassMemory:
         return PassMemory(self.input_bytes, self.memory.peak)
