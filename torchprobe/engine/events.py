@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
+import torch
 from torch import nn
+
+from torchprobe.engine.torch_utils import tensors_in
 
 CallKind = Literal["module", "op"]
 
@@ -76,6 +79,16 @@ class OpCall:
     output: Any
     owner: ModuleCall | None  # innermost module being executed, None outside the root
     inplace: bool = False
+
+    @cached_property
+    def inputs(self) -> list[torch.Tensor]:
+        """Every tensor among its arguments, in order (found once, whichever probe asks; read only)."""
+        return tensors_in((self.args, self.kwargs))
+
+    @cached_property
+    def outputs(self) -> list[torch.Tensor]:
+        """Every tensor it returned, in order (read only)."""
+        return tensors_in(self.output)
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         """Argument by position or keyword, as the function's signature would bind it."""

@@ -93,7 +93,7 @@ class RFProbe(Probe):
     def function(self, op: OpCall) -> None:
         if self._ruled_depth is not None:
             return
-        inputs = tensors_in((op.args, op.kwargs))
+        inputs = op.inputs
         in_states = [self.states.get(t) for t in inputs]
         if all(s is None for s in in_states):
             return  # the output does not depend on the input we follow
@@ -104,13 +104,15 @@ class RFProbe(Probe):
             self.states[op.output] = handed  # already in fewest terms: it is its operand's
             result: RuleResult = handed
         else:
-            pure = op.output is not None and not op.inplace
-            key = call_key(op.name, rule, op.args, op.kwargs, op.output, self._state_of) if pure else None
+            key = None
+            if op.output is not None and not op.inplace:
+                by_id = {id(t): s for t, s in zip(inputs, in_states)}  # the states looked up above
+                key = call_key(op.name, rule, op.args, op.kwargs, op.output, lambda t: by_id.get(id(t)))
             known = self._memo.get(key) if key is not None else None
             if known is not None:  # the same call, by value, earlier in this pass
                 result, states, notes = known
                 self._note_all(notes, op.name, where)
-                for tensor, state in zip(tensors_in(op.output), states):
+                for tensor, state in zip(op.outputs, states):
                     if state is not None:
                         self.states[tensor] = state
             else:
@@ -118,7 +120,7 @@ class RFProbe(Probe):
                 result = self._apply(rule, context, op.name, where)
                 self._assign(op.args[0] if op.output is None else op.output, result)  # __setitem__: None
                 if key is not None and _all_known(result):
-                    self._memo[key] = result, [self.states.get(t) for t in tensors_in(op.output)], context.notes
+                    self._memo[key] = result, [self.states.get(t) for t in op.outputs], context.notes
         if op.inplace or op.name == "setitem":
             self._write_back(op.args[0], where)
         self._maybe_record_op(op, in_states, result)
@@ -196,7 +198,7 @@ class RFProbe(Probe):
         site = op.site
         site = replace(site, call=self._op_calls.get(site.name, 0))
         self._op_calls[site.name] = site.call + 1
-        outputs = tensors_in(op.output) or tensors_in(op.args[:1])
+        outputs = op.outputs or tensors_in(op.args[:1])
         shape = tuple(outputs[0].shape) if outputs else None
         self.records.append(LayerRecord(**site.site_dict(), output_shape=shape, state=state))
 

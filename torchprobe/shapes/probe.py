@@ -59,7 +59,7 @@ class ShapeProbe(Probe):
         self.failed_op = None  # an earlier failure was caught by the model itself
         owner = op.owner
         label = f"{op.name} in {owner.name or '(model)'}" if owner is not None else op.name
-        for t in tensors_in(op.output):
+        for t in op.outputs:
             self.producers.setdefault(t, label)
         if self.ops and shows_its_ops(owner):
             inputs = call_inputs(op.args, op.kwargs, tensors_only=True)

@@ -161,7 +161,7 @@ def hides_no_matmul(name: str) -> bool:
 
 def _ran_on_a_real_device(op: OpCall) -> bool:
     """The op's tensors hold values (on meta it already went through the counter)."""
-    tensors = tensors_in(op.output) or tensors_in(op.args)
+    tensors = op.outputs or tensors_in(op.args)
     return bool(tensors) and tensors[0].device.type != META
 
 

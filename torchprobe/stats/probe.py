@@ -130,8 +130,8 @@ class SummaryProbe(Probe):
         if not self._open:
             return
         self.counter.count(op)
-        self.memory.see(tensors_in(op.output))
-        names = [self._names[id(t)] for t in tensors_in((op.args, op.kwargs)) if id(t) in self._names]
+        self.memory.see(op.outputs)
+        names = [self._names[id(t)] for t in op.inputs if id(t) in self._names]
         if names:
             self._reads.setdefault(self._open[-1][0], set()).update(names)
 
