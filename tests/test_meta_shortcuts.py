@@ -100,6 +100,10 @@ def meta(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.empty(shape, device=META, dtype=dtype)
 
 
+class Tagged(torch.Tensor):
+    """A tensor subclass: its ops are its own business."""
+
+
 CANNOT_VOUCH = {
     "linear in_features": (F.linear, (meta(2, 5), meta(3, 4)), {}),  # the op's own error reaches the diagnosis
     "linear bias size": (F.linear, (meta(2, 5), meta(3, 5), meta(4)), {}),
@@ -115,6 +119,7 @@ CANNOT_VOUCH = {
     "mul alpha": (torch.mul, (meta(2, 5), meta(2, 5)), {"alpha": 2}),
     "layer_norm wrong shape": (F.layer_norm, (meta(2, 5), (4,)), {}),
     "sigmoid of a view": (torch.sigmoid, (meta(4, 6)[:, :3],), {}),
+    "a subclass": (torch.relu, (meta(2, 5).as_subclass(Tagged),), {}),  # its own ops may do anything
 }
 
 

@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from torchprobe.engine.torch_utils import META
 
 Shortcut = Callable[[tuple, dict], Tensor | None]
+_PLAIN_TYPES = (Tensor, nn.Parameter)
 
 
 def meta_output(func: Any, args: tuple, kwargs: dict) -> Tensor | None:
@@ -31,9 +32,10 @@ def meta_output(func: Any, args: tuple, kwargs: dict) -> Tensor | None:
 
 
 def _quiet(*tensors: Any) -> bool:
-    """Meta tensors of one floating dtype that autograd does not record."""
+    """Plain meta tensors (no subclass with ops of its own) of one floating dtype that autograd
+    does not record."""
     first = tensors[0]
-    if not all(isinstance(t, Tensor) and t.device.type == META and t.dtype == first.dtype for t in tensors):
+    if not all(type(t) in _PLAIN_TYPES and t.device.type == META and t.dtype == first.dtype for t in tensors):
         return False
     return first.is_floating_point() and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
