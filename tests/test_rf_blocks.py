@@ -103,3 +103,37 @@ def test_fft_is_global_along_the_transformed_dims_only() -> None:
         assert notes(result) == [], name
         assert result.layer("head").is_global == is_global, name
         assert compare(model, result)[0] == 0, name
+
+
+class SqueezeExcite(nn.Module):
+    """conv -> a gate from the globally pooled features (``pool``) -> the features times the gate:
+    every unit sees the whole image, whichever way the pooling is spelled."""
+
+    def __init__(self, pool: str, stride: int) -> None:
+        super().__init__()
+        self.pool = pool
+        self.conv = nn.Conv2d(3, 8, 3, stride=stride, padding=1)
+        self.fc = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        pools = {"adaptive": lambda: F.adaptive_avg_pool2d(x, 1), "adaptive max": lambda: F.adaptive_max_pool2d(x, 1),
+                 "mean": lambda: x.mean((2, 3), keepdim=True), "amax": lambda: x.amax((2, 3), keepdim=True)}
+        pooled = pools[self.pool]()
+        return x * torch.sigmoid(self.fc(pooled))
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from([1, 2, 3]), st.integers(9, 24))
+def test_a_gate_from_global_pooling_reads_the_whole_image_however_it_pools(stride: int, size: int) -> None:
+    """A one-unit operand broadcast over the features brings the same span to every unit: the
+    rows after the gate must not depend on how the pooling was written (adaptive pooling's map
+    steps on beyond its one unit; read as a broadcast it must not): every unit reads the same
+    span, no wider than the image plus the padding the convolution reads."""
+    rows = {}
+    for pool in ("adaptive", "adaptive max", "mean", "amax"):
+        output = torchprobe.receptive_field(SqueezeExcite(pool, stride).eval(), (3, size, size)).output
+        rows[pool] = (output.rf, output.jump, output.start, output.is_global, output.uniform)
+    assert len(set(rows.values())) == 1, rows
+    rf, jump, _, _, uniform = rows["mean"]  # (global unless a stride leaves the last pixels unread)
+    assert jump == (0, 0) and uniform and all(r <= size + 2 for r in rf)

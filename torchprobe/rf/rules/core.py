@@ -165,6 +165,9 @@ def _merged_axis(
     grids = {m.grid for m, _ in placed if m.shift or m.period > 1}  # every unit alike: a broadcast
     if not placed:
         return _union([m for m, _ in operands], 1), Placement.nowhere(), grids
+    # an operand on no dim is one unit broadcast over the others' units: each of them reads that
+    # unit, not the units its map extrapolates beyond it (adaptive pooling's one unit steps on)
+    operands = [(m if p.dims else m.reduced(), p) for m, p in operands]
     units, finest = max(((m.units, p) for m, p in placed), key=lambda pair: pair[0])
     if all(p == finest for _, p in placed):
         if len(placed) == len(operands) or not _has_holes(finest):
