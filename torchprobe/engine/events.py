@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from torchprobe.engine.torch_utils import tensors_in
+from torchprobe.engine.torch_utils import argument, tensors_in
 
 CallKind = Literal["module", "op"]
 
@@ -92,9 +92,7 @@ class OpCall:
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
         """Argument by position or keyword, as the function's signature would bind it."""
-        if name in self.kwargs:
-            return self.kwargs[name]
-        return self.args[index] if index < len(self.args) else default
+        return argument(self.args, self.kwargs, index, name, default)
 
     @property
     def site(self) -> CallSite:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchprobe.engine.torch_utils import META
+from torchprobe.engine.torch_utils import META, argument
 
 Shortcut = Callable[[tuple, dict], Tensor | None]
 _PLAIN_TYPES = (Tensor, nn.Parameter)
@@ -43,10 +43,6 @@ def _quiet(*tensors: Any) -> bool:
 def _plain(*tensors: Any) -> bool:
     """:func:`_quiet`, and contiguous with one set of strides: the op's output takes them."""
     return _quiet(*tensors) and tensors[0].is_contiguous() and all(t.stride() == tensors[0].stride() for t in tensors)
-
-
-def _arg(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
-    return args[index] if len(args) > index else kwargs.get(name, default)
 
 
 def _unary(*options: str) -> Shortcut:
@@ -80,8 +76,8 @@ _NUMBERS = (int, float)  # not bool, not complex: they would change the dtype
 
 
 def _layer_norm(args: tuple, kwargs: dict) -> Tensor | None:
-    x, shape = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "normalized_shape")
-    weight, bias = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+    x, shape = argument(args, kwargs, 0, "input"), argument(args, kwargs, 1, "normalized_shape")
+    weight, bias = argument(args, kwargs, 2, "weight"), argument(args, kwargs, 3, "bias")
     if not isinstance(x, Tensor) or not isinstance(shape, (tuple, list, torch.Size)):
         return None
     shape = tuple(shape)
@@ -94,7 +90,7 @@ def _layer_norm(args: tuple, kwargs: dict) -> Tensor | None:
 def _linear(args: tuple, kwargs: dict) -> Tensor | None:
     """A contiguous tensor of the input's dtype, ``(*x.shape[:-1], out)``, whatever the input's
     strides (``linear`` gives that on meta, as on the CPU)."""
-    x, weight, bias = _arg(args, kwargs, 0, "input"), _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+    x, weight, bias = (argument(args, kwargs, i, name) for i, name in enumerate(("input", "weight", "bias")))
     if not isinstance(x, Tensor) or not isinstance(weight, Tensor) or x.dim() < 1 or weight.dim() != 2:
         return None
     if x.shape[-1] != weight.shape[1] or bias is not None and tuple(bias.shape) != (weight.shape[0],):
@@ -106,12 +102,12 @@ def _linear(args: tuple, kwargs: dict) -> Tensor | None:
 
 def _batch_norm(args: tuple, kwargs: dict) -> Tensor | None:
     """Eval mode: the input's shape, dtype and strides."""
-    if _arg(args, kwargs, 5, "training", False):
+    if argument(args, kwargs, 5, "training", False):
         return None
-    x = _arg(args, kwargs, 0, "input")
+    x = argument(args, kwargs, 0, "input")
     if not isinstance(x, Tensor) or x.device.type != META or x.dim() < 2:
         return None
-    stats = [_arg(args, kwargs, i + 1, n) for i, n in enumerate(("running_mean", "running_var", "weight", "bias"))]
+    stats = [argument(args, kwargs, i + 1, n) for i, n in enumerate(("running_mean", "running_var", "weight", "bias"))]
     if any(s is not None and (s.numel() != x.shape[1] or s.device.type != META) for s in stats):
         return None
     return torch.empty_like(x)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from typing import Any
@@ -66,6 +66,13 @@ def _collect(value: Any, found: list[torch.Tensor]) -> None:
             found.append(item)
         elif isinstance(item, (tuple, list, dict)):
             _collect(item, found)
+
+
+def argument(args: Sequence[Any], kwargs: Mapping[str, Any], index: int, name: str, default: Any = None) -> Any:
+    """A function's argument by keyword or position, as its signature would bind it."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[index] if index < len(args) else default
 
 
 def has_tensor(value: Any) -> bool:

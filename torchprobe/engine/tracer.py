@@ -58,11 +58,10 @@ class _Observer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         kwargs = kwargs or {}
         tracer = self.tracer
+        output = meta_output(func, args, kwargs)
         if tracer.quiet:  # torchprobe's own calls
-            output = meta_output(func, args, kwargs)
             return func(*args, **kwargs) if output is None else output
         name = canonical_op_name(func)
-        output = meta_output(func, args, kwargs)
         if output is None:
             try:
                 with tracer.around(name[0]):

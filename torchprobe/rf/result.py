@@ -17,6 +17,7 @@ from torchprobe.rf.state import TensorRF, UnknownRF
 from torchprobe.rf.support import Support, covers, fused, joint_span, seen
 
 RF_SCHEMA = "torchprobe.rf/2"
+Figures = dict[tuple[AxisMap, ...], dict[str, Any]]  # what a row shows of its maps, by maps
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,11 @@ class LayerRF(CallSite):
     @classmethod
     def rows(cls, records: Sequence[LayerRecord], n_axes: int) -> tuple[LayerRF, ...]:
         """The rows of a pass's records, what their maps give worked out once per distinct maps."""
-        figures: dict[tuple[AxisMap, ...], dict[str, Any]] = {}
+        figures: Figures = {}
         return tuple(cls.from_record(r, n_axes, figures) for r in records)
 
     @classmethod
-    def from_record(cls, record: LayerRecord, n_axes: int,
-                    figures: dict[tuple[AxisMap, ...], dict[str, Any]] | None = None) -> LayerRF:
+    def from_record(cls, record: LayerRecord, n_axes: int, figures: Figures) -> LayerRF:
         """The row of one record. ``figures``: a cache of what maps give, by maps (a container's
         row and its last child's hold the same state, a permutation keeps the maps: work them
         out once)."""
@@ -118,11 +118,9 @@ class LayerRF(CallSite):
                        is_global=(False,) * n_axes, aligned=True, uniform=True, unknown=unknown, leaf=record.leaf)
         shape = record.output_shape or ()
         unit_dims = tuple(d + len(shape) for d in state.unit_dims())
-        known = figures.get(state.axes) if figures is not None else None
+        known = figures.get(state.axes)
         if known is None:
-            known = _figures(state.axes)
-            if figures is not None:
-                figures[state.axes] = known
+            known = figures[state.axes] = _figures(state.axes)
         return cls(**site, output_shape=record.output_shape, **known, aligned=state.aligned, leaf=record.leaf,
                    places=state.places, unit_dims=unit_dims, units=tuple(shape[d] for d in unit_dims))
 

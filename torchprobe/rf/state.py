@@ -61,11 +61,11 @@ class TensorRF:
     def fused(self) -> TensorRF:
         """The same state with its support in fewest terms, and each axis that several dims (or
         a table other than one unit per index) address in its fewest units."""
-        if all(len(m.terms) == 1 and (not p.dims or p.dim is not None) for m, p in zip(self.axes, self.places)) \
-                and all(m.terms[0].reaches().any() for m in self.axes):
+        one_term = all(len(m.terms) == 1 and m.terms[0].reaches().any() for m in self.axes)
+        if one_term and all(not p.dims or p.dim is not None for p in self.places):
             return self  # one term per axis, each axis on its own dim (or nowhere): fewest already
         state = self
-        if not all(len(m.terms) == 1 and m.terms[0].reaches().any() for m in self.axes):
+        if not one_term:
             terms = fused(self.factors)
             state = replace(self, axes=tuple(m.with_terms(t[a] for t in terms) for a, m in enumerate(self.axes)))
         return state.map_axes(lambda _a, m, p: (m, p) if not p.dims or p.dim is not None else _fewest_units(m, p))

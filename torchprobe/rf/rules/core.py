@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchprobe.engine.torch_utils import is_pointwise_aten, one_line, tensors_in
+from torchprobe.engine.torch_utils import argument, is_pointwise_aten, one_line, tensors_in
 from torchprobe.errors import UsageError
 from torchprobe.rf.axis import AxisMap
 from torchprobe.rf.placement import NO_UNIT, Columns, Placement
@@ -42,9 +42,7 @@ class RuleContext:
         self.notes.append(message)
 
     def arg(self, index: int, name: str, default: Any = None) -> Any:
-        if name in self.kwargs:
-            return self.kwargs[name]
-        return self.args[index] if index < len(self.args) else default
+        return argument(self.args, self.kwargs, index, name, default)
 
     @cached_property
     def tensors(self) -> list[torch.Tensor]:
