@@ -87,14 +87,24 @@ def main() -> int:
     parser.add_argument("action", choices=["save", "compare"])
     parser.add_argument("path")
     args = parser.parse_args()
+    before: dict[str, Any] = {}
+    if args.action == "compare":  # read first: a bad file is told before minutes of analysis
+        try:
+            with open(args.path) as file:
+                before = json.load(file)
+        except (OSError, ValueError) as error:
+            print(f"error: cannot read the snapshot {args.path}: {error}", file=sys.stderr)
+            return 2
     now = snapshot()
     if args.action == "save":
-        with open(args.path, "w") as file:
-            json.dump(now, file)
+        try:
+            with open(args.path, "w") as file:
+                json.dump(now, file)
+        except OSError as error:
+            print(f"error: cannot write the snapshot {args.path}: {error}", file=sys.stderr)
+            return 2
         print(f"{len(now)} models written to {args.path}")
         return 0
-    with open(args.path) as file:
-        before = json.load(file)
     differ = {name: first_difference(before.get(name), now.get(name), name) for name in sorted(set(before) | set(now))}
     differ = {name: found for name, found in differ.items() if found}
     print(f"{len(now)} models compared, {len(differ)} differ")
